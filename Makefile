@@ -1,0 +1,33 @@
+# One command runs every check CI runs: `make check`.
+PY ?= .venv/bin/python
+VENV ?= .venv
+
+.PHONY: install check lint types test demo bench deploy-check
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+install: $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[dev]'
+
+lint:
+	$(PY) -m ruff check qbo_gateway tests bench
+	$(PY) -m ruff format --check qbo_gateway tests bench
+
+types:
+	$(PY) -m mypy
+
+test:
+	$(PY) -m pytest -q
+
+# deploy-check runs before test: it fetches promtool, which the deploy tests use.
+check: lint types deploy-check test
+
+demo: install
+	$(VENV)/bin/qbo-gateway demo
+
+deploy-check:
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH deploy/check.sh
+
+bench:
+	$(PY) bench/throughput.py

@@ -1,0 +1,389 @@
+"""The composition root: the one place that turns settings into running components.
+
+`build_gateway` constructs every component with its collaborators injected (clock,
+session, registry, state backends) and returns them in one `Gateway`, whose two aiohttp
+applications (proxy and ops) tests can serve on real sockets. `serve` runs them as the
+daemon, with the drain sequence of contract section 1. Nothing below this module reads
+settings or the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from qbo_gateway.cache import ResponseCache
+from qbo_gateway.callers import CallerRegistry, load_callers
+from qbo_gateway.clock import Clock, SystemClock
+from qbo_gateway.crypto import TokenCipher, load_or_create_key_file
+from qbo_gateway.limits import Admitter
+from qbo_gateway.logs import register_secrets
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.oauth import OAuthClient
+from qbo_gateway.observe import NullObserver
+from qbo_gateway.ops import ComponentState, Readiness, build_ops_app
+from qbo_gateway.proxy import Proxy
+from qbo_gateway.retry import RetryBudget, RetryPolicy
+from qbo_gateway.settings import Settings, parse_expiry
+from qbo_gateway.state.admission_fallback import FallbackAdmission
+from qbo_gateway.state.admission_memory import MemoryAdmission
+from qbo_gateway.state.admission_redis import RedisAdmission
+from qbo_gateway.state.availability import BackendAvailability
+from qbo_gateway.state.base import AdmissionBackend, AdmissionPolicy, Locks, TokenStore
+from qbo_gateway.state.cache_base import CacheBackend
+from qbo_gateway.state.cache_memory import MemoryCacheBackend
+from qbo_gateway.state.cache_redis import RedisCacheBackend
+from qbo_gateway.state.keys import RedisKeys
+from qbo_gateway.state.locks import MemoryLocks, RedisLocks
+from qbo_gateway.state.redis_client import make_redis
+from qbo_gateway.state.tokens_redis import RedisTokenStore
+from qbo_gateway.state.tokens_sqlite import SqliteTokenStore
+from qbo_gateway.tokens import TokenManager
+from qbo_gateway.upstream import Upstream, make_session
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    readiness: Readiness
+    session: aiohttp.ClientSession
+    upstream: Upstream
+    store: TokenStore
+    locks: Locks
+    tokens: TokenManager
+    admitter: Admitter
+    cache: ResponseCache
+    proxy: Proxy
+    proxy_app: web.Application
+    ops_app: web.Application
+    availability: BackendAvailability
+    redis: Redis | None = None
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    closers: list[Any] = field(default_factory=list)
+
+    async def start_background(self) -> None:
+        """Start the loops a daemon runs (refresher, monitor); tests may skip them."""
+        self.background.append(
+            asyncio.create_task(
+                self.tokens.run_refresher(self.settings.refresh_interval_seconds),
+                name="token-refresher",
+            )
+        )
+
+    async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # A refresh in flight is never cut off: its new pair must be stored first.
+        await self.tokens.drain()
+        await self.admitter.drain()
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        await self.availability.close()
+        await self.store.close()
+        await self.session.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def _secret(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    return text or None
+
+
+def token_keys(settings: Settings) -> str:
+    keys = _secret(settings.token_keys)
+    if keys:
+        return keys
+    # Embedded mode only (settings refuse Redis mode without keys).
+    return load_or_create_key_file(settings.state_dir)
+
+
+async def build_gateway(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+    session: aiohttp.ClientSession | None = None,
+    redis_prefix: str | None = None,
+) -> Gateway:
+    clock = clock or SystemClock()
+    metrics = Metrics(registry)
+    readiness = Readiness()
+    register_secrets(
+        [
+            _secret(settings.client_secret),
+            _secret(settings.admin_token),
+            _secret(settings.access_token),
+            _secret(settings.refresh_token),
+            *(_secret(settings.token_keys) or "").split(","),
+        ]
+    )
+    session = session or make_session(pool_size=settings.upstream_pool_size)
+    upstream = Upstream(session)
+    cipher = TokenCipher(token_keys(settings))
+    observer = NullObserver()
+    policy = admission_policy(settings)
+    redis: Redis | None = None
+    store: TokenStore
+    locks: Locks
+    admission: AdmissionBackend
+    cache_backend: CacheBackend
+    if settings.redis_url:
+        redis = make_redis(settings.redis_url)
+        keys = RedisKeys(redis_prefix or settings.redis_prefix)
+        store = RedisTokenStore(redis, keys, cipher)
+        locks = RedisLocks(redis, keys)
+        availability = BackendAvailability(ping=redis.ping, metrics=metrics)
+        # Production reads Redis TIME (one clock for all replicas); tests inject theirs.
+        script_clock = None if isinstance(clock, SystemClock) else clock
+        admission = FallbackAdmission(
+            RedisAdmission(redis, policy, keys=keys, clock=script_clock),
+            MemoryAdmission(policy.shared_out(settings.replica_count), clock=clock),
+            availability=availability,
+        )
+        cache_backend = RedisCacheBackend(redis, keys)
+    else:
+        store = SqliteTokenStore.in_dir(settings.state_dir, cipher)
+        locks = MemoryLocks(clock)
+        availability = BackendAvailability(ping=None, metrics=metrics)
+        admission = MemoryAdmission(policy, clock=clock)
+        cache_backend = MemoryCacheBackend(
+            max_bytes=settings.cache_max_bytes, clock=clock, metrics=metrics
+        )
+    admitter = Admitter(admission, policy=policy, clock=clock, metrics=metrics, observer=observer)
+    cache = ResponseCache(
+        cache_backend,
+        clock=clock,
+        metrics=metrics,
+        observer=observer,
+        fresh_seconds=settings.cache_fresh_seconds,
+        stale_seconds=settings.cache_stale_seconds,
+        max_entry_bytes=settings.cache_max_entry_bytes,
+    )
+    oauth = OAuthClient(
+        session=session,
+        client_id=settings.client_id,
+        client_secret=_secret(settings.client_secret) or "",
+        token_url=settings.token_endpoint,
+        authorize_url=settings.authorize_endpoint,
+        revoke_url=settings.revoke_endpoint,
+        clock=clock,
+        timeout=settings.token_timeout_seconds,
+    )
+    callers = CallerRegistry(load_callers(settings.callers_file) if settings.callers_file else None)
+    tokens = TokenManager(
+        store=store,
+        locks=locks,
+        oauth=oauth,
+        clock=clock,
+        metrics=metrics,
+        observer=observer,
+        margin=settings.refresh_margin_seconds,
+        token_timeout=settings.token_timeout_seconds,
+        availability=availability,
+    )
+    proxy = Proxy(
+        api_base=settings.api_base,
+        minor_version=settings.minor_version,
+        callers=callers,
+        tokens=tokens,
+        upstream=upstream,
+        clock=clock,
+        metrics=metrics,
+        observer=observer,
+        gate=admitter,
+        retry=RetryPolicy(budget=RetryBudget(ratio=settings.retry_budget_ratio)),
+        cache=cache,
+        max_body_bytes=settings.max_body_bytes,
+        request_timeout=settings.request_timeout_seconds,
+    )
+    proxy_app = web.Application(client_max_size=settings.max_body_bytes)
+    proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
+
+    async def force_refresh(realm_id: str) -> dict[str, object]:
+        status = await tokens.force_refresh(realm_id)
+        return {
+            "realm_id": status.realm_id,
+            "refreshed": True,
+            "access_expires_at": status.access_expires_at,
+            "refresh_expires_at": status.refresh_expires_at,
+            "needs_reconnect": status.needs_reconnect,
+        }
+
+    ops_app = build_ops_app(
+        readiness=readiness,
+        registry=metrics.registry,
+        admin_token=_secret(settings.admin_token),
+        force_refresh=force_refresh,
+    )
+    gateway = Gateway(
+        settings=settings,
+        clock=clock,
+        metrics=metrics,
+        readiness=readiness,
+        session=session,
+        upstream=upstream,
+        store=store,
+        locks=locks,
+        tokens=tokens,
+        admitter=admitter,
+        cache=cache,
+        proxy=proxy,
+        proxy_app=proxy_app,
+        ops_app=ops_app,
+        availability=availability,
+        redis=redis,
+    )
+    _add_readiness_checks(gateway, cipher_ok=True)
+    await availability.check()
+    await _bootstrap_realm(gateway)
+    return gateway
+
+
+def admission_policy(settings: Settings) -> AdmissionPolicy:
+    return AdmissionPolicy(
+        per_minute=settings.rate_limit_per_minute,
+        per_second=settings.rate_limit_per_second,
+        concurrency=settings.concurrency_limit,
+        batch_per_minute=settings.batch_limit_per_minute,
+        max_wait=settings.admission_wait_seconds,
+        # A crashed replica's slot comes back once its request could no longer be running.
+        lease_seconds=settings.request_timeout_seconds + 5.0,
+        failure_threshold=settings.breaker_failure_threshold,
+        recovery_seconds=settings.breaker_recovery_seconds,
+        max_recovery_seconds=settings.breaker_max_recovery_seconds,
+        throttle_cooldown=settings.throttle_cooldown_seconds,
+    )
+
+
+def _add_readiness_checks(gw: Gateway, *, cipher_ok: bool) -> None:
+    async def settings_check() -> ComponentState:
+        return ComponentState(True, f"environment={gw.settings.environment}")
+
+    async def keys_check() -> ComponentState:
+        return ComponentState(cipher_ok, "token keys loaded" if cipher_ok else "no usable key")
+
+    async def backend_check() -> ComponentState:
+        durable, why = await _durability(gw)
+        warning = None if durable else why
+        if gw.redis is None:
+            return ComponentState(True, "embedded (in-process state, SQLite tokens)", warning)
+        if gw.availability.up:
+            return ComponentState(True, "redis reachable", warning)
+        if gw.availability.ever_up:
+            # Losing Redis must not take every pod out of service: keep serving locally.
+            return ComponentState(True, "redis unreachable: serving with in-process state")
+        return ComponentState(False, "redis never reached since start: no tokens")
+
+    gw.readiness.add("settings", settings_check)
+    gw.readiness.add("token_keys", keys_check)
+    gw.readiness.add("state_backend", backend_check)
+
+
+async def _durability(gw: Gateway) -> tuple[bool, str]:
+    try:
+        return await gw.store.durability()
+    except Exception as exc:  # noqa: BLE001 - unknown durability is reported, not fatal
+        return True, f"durability unknown ({type(exc).__name__})"
+
+
+async def _bootstrap_realm(gw: Gateway) -> None:
+    s = gw.settings
+    if not s.realm_id or s.refresh_token is None:
+        return
+    try:
+        imported = await gw.tokens.bootstrap(
+            s.realm_id,
+            _secret(s.access_token),
+            _secret(s.refresh_token) or "",
+            parse_expiry(s.access_token_expires_at),
+        )
+    except Exception as exc:  # noqa: BLE001 - a down backend must not stop start-up
+        log.error("bootstrap_failed", realm_id=s.realm_id, error=type(exc).__name__)
+        return
+    log.info(
+        "bootstrap_realm",
+        realm_id=s.realm_id,
+        imported=imported,
+        note=None if imported else "the store already holds this realm; the environment is ignored",
+    )
+
+
+async def serve(
+    settings: Settings,
+    *,
+    ready_event: asyncio.Event | None = None,
+    after_build: Callable[[Gateway], Awaitable[None]] | None = None,
+) -> int:
+    """Run both listeners until SIGTERM/SIGINT, then drain (contract section 1)."""
+    gw = await build_gateway(settings)
+    if after_build is not None:
+        await after_build(gw)
+    durable, why = await _durability(gw)
+    if not durable:
+        log.critical("token_store_not_durable", detail=why)
+    proxy_runner = web.AppRunner(
+        gw.proxy_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
+    )
+    ops_runner = web.AppRunner(gw.ops_app, access_log=None, shutdown_timeout=2.0)
+    await proxy_runner.setup()
+    await ops_runner.setup()
+    proxy_site = web.TCPSite(proxy_runner, settings.proxy_host, settings.proxy_port)
+    ops_site = web.TCPSite(ops_runner, settings.ops_host, settings.ops_port)
+    try:
+        await proxy_site.start()
+        await ops_site.start()
+    except OSError as exc:
+        log.critical("listen_failed", error=str(exc))
+        await proxy_runner.cleanup()
+        await ops_runner.cleanup()
+        await gw.close()
+        return 2
+
+    async def listeners_check() -> ComponentState:
+        return ComponentState(True, f"proxy {settings.proxy_host}:{settings.proxy_port}")
+
+    gw.readiness.add("listeners", listeners_check)
+    await gw.start_background()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "started",
+        proxy=f"{settings.proxy_host}:{settings.proxy_port}",
+        ops=f"{settings.ops_host}:{settings.ops_port}",
+        mode="embedded" if settings.embedded else "redis",
+    )
+    if ready_event is not None:
+        ready_event.set()
+    await stop.wait()
+    log.info("draining", timeout_seconds=settings.shutdown_timeout_seconds)
+    gw.readiness.draining = True
+    # Closing the proxy runner stops new connections and waits (bounded) for in-flight
+    # requests; the ops listener stays up meanwhile so probes see 503.
+    await proxy_runner.cleanup()
+    await gw.close()
+    await ops_runner.cleanup()
+    log.info("stopped")
+    return 0

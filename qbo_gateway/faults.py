@@ -1,0 +1,226 @@
+"""Every failure the gateway makes, and how QBO's own failures are read.
+
+Exception tree (all carry a `GW-` code, an HTTP status and a safe message)::
+
+    GatewayError
+    ├── BadPath                 400 GW-BAD-PATH
+    ├── Unauthenticated         401 GW-UNAUTHENTICATED
+    ├── Forbidden               403 GW-FORBIDDEN
+    ├── UnknownRealm            404 GW-UNKNOWN-REALM
+    ├── ReconnectRequired       401 GW-RECONNECT-REQUIRED
+    ├── PayloadTooLarge         413 GW-PAYLOAD-TOO-LARGE
+    ├── RateLimited             429 GW-RATE-LIMITED        (Retry-After)
+    ├── CircuitOpen             503 GW-CIRCUIT-OPEN        (Retry-After)
+    ├── UpstreamUnavailable     502 GW-UPSTREAM-UNAVAILABLE
+    └── UpstreamTimeout         504 GW-UPSTREAM-TIMEOUT
+
+Errors from other libraries (aiohttp, redis) are translated into this tree at the network
+boundary (`raise UpstreamUnavailable(...) from exc`), so handlers only ever see these.
+
+`classify()` reads an upstream answer (status + body in any of QBO's shapes: JSON in either
+key casing, XML, HTML, a Fault inside a 200) into the one `FaultClass` that the breaker,
+limits, retry policy and token path act on.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+
+class GatewayError(Exception):
+    """A refusal or failure made by the gateway itself, rendered as a QBO-shaped fault."""
+
+    code = "GW-INTERNAL"
+    status = 500
+    default_message = "The gateway failed to handle the request"
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        message: str | None = None,
+        retry_after: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.detail = detail or self.message
+        self.retry_after = retry_after
+        # A machine-readable sub-reason (e.g. which limit refused), used for metrics and
+        # for the degraded-mode reason; never shown as a code.
+        self.reason = reason
+        super().__init__(f"{self.code}: {self.detail}")
+
+
+class BadPath(GatewayError):
+    code, status, default_message = "GW-BAD-PATH", 400, "The request path is not allowed"
+
+
+class Unauthenticated(GatewayError):
+    code, status, default_message = "GW-UNAUTHENTICATED", 401, "A valid caller key is required"
+
+
+class Forbidden(GatewayError):
+    code, status, default_message = "GW-FORBIDDEN", 403, "The caller may not use this realm"
+
+
+class UnknownRealm(GatewayError):
+    code, status, default_message = (
+        "GW-UNKNOWN-REALM",
+        404,
+        "The gateway has no tokens for this realm",
+    )
+
+
+class ReconnectRequired(GatewayError):
+    code, status, default_message = (
+        "GW-RECONNECT-REQUIRED",
+        401,
+        "Intuit refused the realm's refresh token; the realm must be reconnected",
+    )
+
+
+class PayloadTooLarge(GatewayError):
+    code, status, default_message = "GW-PAYLOAD-TOO-LARGE", 413, "The request body is too large"
+
+
+class RateLimited(GatewayError):
+    code, status, default_message = "GW-RATE-LIMITED", 429, "The realm's request budget is spent"
+
+
+class CircuitOpen(GatewayError):
+    code, status, default_message = (
+        "GW-CIRCUIT-OPEN",
+        503,
+        "QuickBooks is failing for this realm; requests are paused",
+    )
+
+
+class UpstreamUnavailable(GatewayError):
+    code, status, default_message = (
+        "GW-UPSTREAM-UNAVAILABLE",
+        502,
+        "QuickBooks Online could not be reached",
+    )
+
+
+class UpstreamTimeout(GatewayError):
+    code, status, default_message = (
+        "GW-UPSTREAM-TIMEOUT",
+        504,
+        "QuickBooks Online did not answer in time",
+    )
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fault_body(error: GatewayError) -> dict[str, object]:
+    return {
+        "Fault": {
+            "Error": [{"Message": error.message, "Detail": error.detail, "code": error.code}],
+            "type": "GatewayFault",
+        },
+        "time": iso_now(),
+    }
+
+
+def render_fault(error: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
+    """The QBO-shaped answer for a gateway error; SDKs parse it like any QBO fault."""
+    out = {"X-QBO-Gateway-Error": error.code, "Cache-Status": "qbo-gateway; fwd=bypass"}
+    if error.retry_after is not None:
+        out["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    if headers:
+        out.update(headers)
+    return web.json_response(fault_body(error), status=error.status, headers=out)
+
+
+class FaultClass(enum.Enum):
+    """What an upstream answer means for the realm."""
+
+    OK = "ok"
+    THROTTLE = "throttle"  # 429 or fault 3001: cool the realm down, not a breaker failure
+    AUTHENTICATION = "authentication"  # 401 / 3200: refresh once and replay
+    AUTHORIZATION = "authorization"  # 3100: scope or environment; never retried
+    UPSTREAM_FAILURE = "upstream_failure"  # 5xx, 6002, 10000, timeouts: counts against the realm
+    CALLER_ERROR = "caller_error"  # other 4xx, 610, 5010, 6000: the caller's business
+
+
+@dataclass(frozen=True)
+class QboFault:
+    codes: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()
+    details: tuple[str, ...] = field(default_factory=tuple)
+
+
+_THROTTLE_CODES = {"3001"}
+_AUTHN_CODES = {"3200", "3201", "3202"}  # 3201/3202: token revoked or invalid, same path
+_AUTHZ_CODES = {"3100"}
+_UPSTREAM_CODES = {"6002", "10000"}
+_XML_CODE = re.compile(rb"""<Error[^>]*\bcode\s*=\s*["']?(\d+)""", re.IGNORECASE)
+_XML_MESSAGE = re.compile(rb"<Message>([^<]{0,500})</Message>", re.IGNORECASE)
+
+
+def _lower_keys(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lower_keys(v) for v in value]
+    return value
+
+
+def parse_fault(body: bytes) -> QboFault | None:
+    """Find a QBO Fault in a body of any shape; None when there is none."""
+    stripped = body.lstrip()[:1]
+    if stripped in (b"{", b"["):
+        try:
+            doc = _lower_keys(json.loads(body))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        fault = doc.get("fault") if isinstance(doc, dict) else None
+        if not isinstance(fault, dict):
+            return None
+        errors = fault.get("error")
+        if not isinstance(errors, list):
+            errors = [errors] if isinstance(errors, dict) else []
+        codes: list[str] = []
+        messages: list[str] = []
+        details: list[str] = []
+        for item in errors:
+            if isinstance(item, dict):
+                codes.append(str(item.get("code", "")))
+                messages.append(str(item.get("message", "")))
+                details.append(str(item.get("detail", "")))
+        return QboFault(tuple(codes), tuple(messages), tuple(details))
+    if stripped == b"<" and b"fault" in body[:4096].lower():
+        xml_codes = tuple(m.decode() for m in _XML_CODE.findall(body[:65536]))
+        xml_messages = tuple(m.decode(errors="replace") for m in _XML_MESSAGE.findall(body[:65536]))
+        return QboFault(xml_codes, xml_messages, ())
+    return None
+
+
+def classify(status: int, body: bytes | None = None) -> FaultClass:
+    """Read one upstream answer. `body` may be None when it was streamed and not kept."""
+    fault = parse_fault(body) if body else None
+    codes = set(fault.codes) if fault else set()
+    if status == 429 or codes & _THROTTLE_CODES:
+        return FaultClass.THROTTLE
+    if status == 401 or codes & _AUTHN_CODES:
+        return FaultClass.AUTHENTICATION
+    if codes & _AUTHZ_CODES:
+        return FaultClass.AUTHORIZATION
+    if status >= 500 or codes & _UPSTREAM_CODES:
+        return FaultClass.UPSTREAM_FAILURE
+    if status >= 400:
+        return FaultClass.CALLER_ERROR
+    if fault is not None and codes:
+        # A 200 carrying a Fault: the caller's request failed, QBO itself is fine.
+        return FaultClass.CALLER_ERROR
+    return FaultClass.OK

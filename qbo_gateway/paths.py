@@ -1,0 +1,144 @@
+"""What may pass from a caller's request to QBO: the path check and header hygiene.
+
+The path is checked on the raw request target, before anything is decoded or routed, so
+no encoding trick (`%2e%2e`, `%2f`, `%5c`, backslashes, empty segments, an absolute-form
+target) can move a request off `/v3/company/{realmId}/...` or to another host. The upstream
+origin is fixed by settings; only the checked path and the raw query are appended to it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from qbo_gateway.faults import BadPath
+
+PREFIX = "/v3/company/"
+_FORBIDDEN_ESCAPES = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
+_SEGMENT = re.compile(r"^[A-Za-z0-9_\-.~%:@!$&'()*+,;=]+$")
+_MAX_REALM_DIGITS = 32
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded to QBO: the caller's own credentials, identity and routing headers, and
+# headers aiohttp recomputes for the upstream hop.
+_NOT_FORWARDED = frozenset(
+    {
+        "authorization",
+        "x-qbo-gateway-key",
+        "cookie",
+        "host",
+        "forwarded",
+        "x-real-ip",
+        "content-length",
+        "accept-encoding",
+        "expect",
+    }
+)
+# Never passed back from QBO: hop-by-hop, cookies, and length/encoding (the body is
+# re-framed and decompressed by the gateway).
+_NOT_RETURNED = frozenset({"set-cookie", "content-length", "content-encoding"})
+
+
+@dataclass(frozen=True)
+class Target:
+    realm_id: str
+    rest: str  # raw path after /v3/company/{realmId}/, e.g. "query" or "invoice/12"
+    query: str  # raw query string, without "?"
+
+    @property
+    def last_segment(self) -> str:
+        return self.rest.rsplit("/", 1)[-1]
+
+    @property
+    def is_batch(self) -> bool:
+        return self.rest == "batch"
+
+    def upstream_url(self, api_base: str, minor_version: str) -> URL:
+        query = self.query
+        if minor_version and not _has_param(query, "minorversion"):
+            query = (
+                f"{query}&minorversion={minor_version}"
+                if query
+                else f"minorversion={minor_version}"
+            )
+        raw = f"{api_base}{PREFIX}{self.realm_id}/{self.rest}"
+        return URL(f"{raw}?{query}" if query else raw, encoded=True)
+
+    def with_query(self, query: str) -> Target:
+        return Target(self.realm_id, self.rest, query)
+
+
+def _has_param(query: str, name: str) -> bool:
+    return any(part.split("=", 1)[0].lower() == name for part in query.split("&") if part)
+
+
+def check_path(raw_target: str) -> Target:
+    """Split and check a raw request target; BadPath for anything not plainly a QBO path."""
+    path, _, query = raw_target.partition("?")
+    if not path.startswith(PREFIX) or path.startswith("//"):
+        raise BadPath("The path must start with /v3/company/{realmId}/")
+    if "\\" in path or _FORBIDDEN_ESCAPES.search(path):
+        raise BadPath("Encoded dots, slashes, backslashes and NUL are not allowed in the path")
+    realm_id, _, rest = path[len(PREFIX) :].partition("/")
+    if not realm_id.isdigit() or not realm_id.isascii() or len(realm_id) > _MAX_REALM_DIGITS:
+        raise BadPath("The realm id must be digits only")
+    if not rest:
+        raise BadPath("The path must name a resource after the realm id")
+    for segment in rest.split("/"):
+        if segment in ("", ".", ".."):
+            raise BadPath("Empty, '.' and '..' path segments are not allowed")
+        if not _SEGMENT.match(segment):
+            raise BadPath("The path holds characters that are not allowed")
+    if "#" in query:
+        raise BadPath("A fragment is not allowed in the request target")
+    return Target(realm_id, rest, query)
+
+
+def query_has(query: str, name: str) -> bool:
+    return _has_param(query, name)
+
+
+def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    named: set[str] = set()
+    for value in headers.getall("Connection", []):
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def forward_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
+    dropped = HOP_BY_HOP | _NOT_FORWARDED | _connection_named(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in dropped or lower.startswith("x-forwarded-"):
+            continue
+        out.add(name, value)
+    # No Accept, or "anything", would get XML from QBO; SDKs and callers here expect JSON.
+    if out.get("Accept", "").strip() in ("", "*/*"):
+        out["Accept"] = "application/json"
+    return out
+
+
+def returned_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
+    dropped = HOP_BY_HOP | _NOT_RETURNED | _connection_named(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in dropped:
+            out.add(name, value)
+    return out

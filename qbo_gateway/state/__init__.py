@@ -1,0 +1,1 @@
+"""State backends: the interfaces (`base`) and their in-process, SQLite and Redis homes."""

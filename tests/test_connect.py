@@ -1,0 +1,165 @@
+"""The OAuth connect flow end to end: gateway routes -> simulator authorize -> callback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from qbo_gateway.clock import ManualClock
+from qbo_gateway.connect import (
+    CALLBACK_PATH,
+    ConnectFlow,
+    MemoryOAuthStates,
+    OAuthStates,
+    RedisOAuthStates,
+)
+from qbo_gateway.connect import connect_routes as make_routes
+from qbo_gateway.crypto import TokenCipher, generate_key
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.oauth import OAuthClient
+from qbo_gateway.observe import NullObserver
+from qbo_gateway.simulator import SIM_CLIENT_ID, SIM_CLIENT_SECRET, Simulator
+from qbo_gateway.state.keys import RedisKeys
+from qbo_gateway.state.locks import MemoryLocks
+from qbo_gateway.state.redis_client import make_redis
+from qbo_gateway.state.tokens_sqlite import SqliteTokenStore
+from qbo_gateway.tokens import TokenManager
+from tests.redis_server import RedisServer
+
+
+@dataclass
+class Setup:
+    clock: ManualClock
+    sim: Simulator
+    flow: ConnectFlow
+    gateway: str
+    store: SqliteTokenStore
+    session: aiohttp.ClientSession
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def setup(
+    request: pytest.FixtureRequest,
+    aiohttp_server: Any,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_prefix: str,
+) -> AsyncIterator[Setup]:
+    clock = ManualClock()
+    sim = Simulator(clock=clock.now)
+    sim_server = await aiohttp_server(sim.make_app())
+    base = str(sim_server.make_url("")).rstrip("/")
+    session = aiohttp.ClientSession()
+    oauth = OAuthClient(
+        session=session,
+        client_id=SIM_CLIENT_ID,
+        client_secret=SIM_CLIENT_SECRET,
+        token_url=f"{base}/oauth2/v1/tokens/bearer",
+        authorize_url=f"{base}/connect/oauth2",
+        revoke_url=f"{base}/v2/oauth2/tokens/revoke",
+        clock=clock,
+    )
+    store = SqliteTokenStore.in_dir(tmp_path, TokenCipher(generate_key()))
+    manager = TokenManager(
+        store=store,
+        locks=MemoryLocks(clock),
+        oauth=oauth,
+        clock=clock,
+        metrics=Metrics(CollectorRegistry()),
+        observer=NullObserver(),
+    )
+    redis = None
+    states: OAuthStates
+    if request.param == "memory":
+        states = MemoryOAuthStates(clock)
+    else:
+        redis = make_redis(redis_server.url)
+        states = RedisOAuthStates(redis, RedisKeys(redis_prefix))
+    flow = ConnectFlow(oauth=oauth, tokens=manager, states=states, redirect_uri="")
+
+    async def guard(req: web.Request) -> bool:
+        return req.headers.get("Authorization") == "Bearer admin-token"
+
+    app = web.Application()
+    app.add_routes(make_routes(flow, guard=guard))
+    gw = await aiohttp_server(app)
+    flow.redirect_uri = str(gw.make_url(CALLBACK_PATH))
+    yield Setup(clock, sim, flow, str(gw.make_url("")).rstrip("/"), store, session)
+    await session.close()
+    await store.close()
+    if redis is not None:
+        await redis.aclose()
+
+
+ADMIN = {"Authorization": "Bearer admin-token"}
+
+
+async def authorize(s: Setup) -> str:
+    """Follow /oauth/connect to Intuit's authorize page; return the callback URL it sends."""
+    async with s.session.get(
+        f"{s.gateway}/oauth/connect", headers=ADMIN, allow_redirects=False
+    ) as resp:
+        assert resp.status == 302
+        location = resp.headers["Location"]
+    query = parse_qs(urlsplit(location).query)
+    assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0]
+    assert query["scope"] == ["com.intuit.quickbooks.accounting"]
+    async with s.session.get(location, allow_redirects=False) as resp:
+        assert resp.status == 302
+        return resp.headers["Location"]
+
+
+async def test_connect_stores_the_new_realm(setup: Setup) -> None:
+    callback = await authorize(setup)
+    realm_id = parse_qs(urlsplit(callback).query)["realmId"][0]
+    async with setup.session.get(callback) as resp:
+        assert resp.status == 200
+        assert realm_id in await resp.text()
+    record = await setup.store.get(realm_id)
+    assert record is not None and record.access_token and not record.needs_reconnect
+    assert record.refresh_hard_expires_at is not None
+    # the stored tokens are live at the simulator: a refresh with them works
+    status = await setup.flow.tokens.force_refresh(realm_id)
+    assert status.version == record.version + 1
+    # the state is single use: replaying the callback is refused
+    async with setup.session.get(callback) as resp:
+        assert resp.status == 400
+        assert "state" in await resp.text()
+
+
+async def test_connect_needs_the_guard(setup: Setup) -> None:
+    async with setup.session.get(f"{setup.gateway}/oauth/connect", allow_redirects=False) as resp:
+        assert resp.status == 401
+
+
+async def test_callback_with_unknown_state_or_denial_is_refused(setup: Setup) -> None:
+    callback = await authorize(setup)
+    forged = callback.replace("state=", "state=x")
+    async with setup.session.get(forged) as resp:
+        assert resp.status == 400
+    async with setup.session.get(
+        f"{setup.gateway}{CALLBACK_PATH}?error=access_denied&state=abc"
+    ) as resp:
+        assert resp.status == 400
+    assert await setup.flow.tokens.realm_ids() == []
+
+
+async def test_state_expires(setup: Setup) -> None:
+    setup.flow.state_ttl = 0.2
+    callback = await authorize(setup)
+    if isinstance(setup.flow.states, MemoryOAuthStates):
+        setup.clock.advance(1)
+    else:
+        await asyncio.sleep(0.3)  # Redis expires keys on its own (real) clock
+    async with setup.session.get(callback) as resp:
+        assert resp.status == 400
+    assert await setup.flow.tokens.realm_ids() == []
