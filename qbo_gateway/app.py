@@ -25,13 +25,14 @@ from redis.asyncio import Redis
 from qbo_gateway.cache import ResponseCache
 from qbo_gateway.callers import CallerRegistry, load_callers
 from qbo_gateway.clock import Clock, SystemClock
+from qbo_gateway.connect import ConnectFlow, MemoryOAuthStates, RedisOAuthStates, connect_routes
 from qbo_gateway.crypto import TokenCipher, load_or_create_key_file
 from qbo_gateway.limits import Admitter
 from qbo_gateway.logs import register_secrets
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth import OAuthClient
 from qbo_gateway.observe import NullObserver
-from qbo_gateway.ops import ComponentState, Readiness, build_ops_app
+from qbo_gateway.ops import ComponentState, Readiness, admin_authorized, build_ops_app
 from qbo_gateway.proxy import Proxy
 from qbo_gateway.retry import RetryBudget, RetryPolicy
 from qbo_gateway.settings import Settings, parse_expiry
@@ -148,9 +149,9 @@ async def build_gateway(
     locks: Locks
     admission: AdmissionBackend
     cache_backend: CacheBackend
+    keys = RedisKeys(redis_prefix or settings.redis_prefix)
     if settings.redis_url:
         redis = make_redis(settings.redis_url)
-        keys = RedisKeys(redis_prefix or settings.redis_prefix)
         store = RedisTokenStore(redis, keys, cipher)
         locks = RedisLocks(redis, keys)
         availability = BackendAvailability(ping=redis.ping, metrics=metrics)
@@ -236,6 +237,22 @@ async def build_gateway(
         admin_token=_secret(settings.admin_token),
         force_refresh=force_refresh,
     )
+    admin_token = _secret(settings.admin_token)
+    states = RedisOAuthStates(redis, keys) if redis is not None else MemoryOAuthStates(clock)
+    ops_host = "127.0.0.1" if settings.ops_host in ("0.0.0.0", "::") else settings.ops_host  # noqa: S104
+    flow = ConnectFlow(
+        oauth=oauth,
+        tokens=tokens,
+        states=states,
+        redirect_uri=settings.redirect_uri
+        or f"http://{ops_host}:{settings.ops_port}/oauth/callback",
+    )
+
+    async def admin_guard(request: web.Request) -> bool:
+        # Starting a connection hands out an Intuit consent link: admins only.
+        return admin_authorized(request, admin_token)
+
+    ops_app.add_routes(connect_routes(flow, guard=admin_guard))
     gateway = Gateway(
         settings=settings,
         clock=clock,

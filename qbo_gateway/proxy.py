@@ -456,7 +456,11 @@ class Proxy:
             if fault is FaultClass.AUTHENTICATION and not auth_replayed:
                 # An expired or revoked access token says nothing about QBO's health.
                 self.gate.release(realm, admission, Outcome.ABANDONED)
-                fresh = await self.tokens.after_unauthorized(realm, token)
+                try:
+                    fresh = await self.tokens.after_unauthorized(realm, token)
+                except BaseException:
+                    response.release()
+                    raise
                 if fresh is not None:
                     response.release()
                     auth_replayed = True

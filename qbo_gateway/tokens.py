@@ -142,19 +142,27 @@ class TokenManager:
         return (await self._refresh(realm_id, _Mode.DUE)).access_token
 
     async def after_unauthorized(self, realm_id: str, used_token: str) -> str | None:
-        """QBO refused `used_token` (401/3200): a token to replay with once, or None."""
+        """QBO refused `used_token` (401/3200): a token to replay with once, or None.
+
+        Raises ReconnectRequired when the realm's refresh token is dead (now or already),
+        so the caller gets the gateway's verdict (or a degraded read), not a bare 401.
+        """
         try:
             record = await self._read(realm_id)
         except StateUnavailable:
             record = self._cached(realm_id)
         except GatewayError:
             return None
-        if record is None or record.needs_reconnect:
+        if record is None:
             return None
+        if record.needs_reconnect:
+            raise ReconnectRequired("The realm's refresh token was refused; reconnect it")
         if record.access_token != used_token and record.access_expires_at > self._clock.now():
             return record.access_token
         try:
             fresh = await self._refresh(realm_id, _Mode.UNAUTHORIZED, used_token)
+        except ReconnectRequired:
+            raise
         except GatewayError:
             return None
         return fresh.access_token if fresh.access_token != used_token else None

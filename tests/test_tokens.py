@@ -273,7 +273,8 @@ async def test_invalid_grant_requires_reconnect_until_new_tokens(env: Env, kind:
     assert status is not None and status.needs_reconnect
     stored = await store.get(REALM)
     assert stored is not None and stored.needs_reconnect  # every replica sees it
-    assert await manager.after_unauthorized(REALM, "whatever") is None
+    with pytest.raises(ReconnectRequired):
+        await manager.after_unauthorized(REALM, "whatever")
     # New tokens arrive; the admin refresh lifts reconnect-required.
     pair = env.sim.issue_tokens(REALM)
     await manager.import_tokens(REALM, pair.refresh_token, force=True)
