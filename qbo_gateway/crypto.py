@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from qbo_gateway.logs import register_tokens
 from qbo_gateway.state.base import TokenRecord
 
 log = structlog.get_logger(__name__)
@@ -114,11 +115,14 @@ def load_or_create_key_file(state_dir: Path | str) -> str:
 
 def seal_record(cipher: TokenCipher, record: TokenRecord) -> bytes:
     """The whole record as one realm-bound ciphertext (what both token stores keep)."""
+    # Every token the process stores or loads passes here: the log scrubber learns it.
+    register_tokens(record.access_token, record.refresh_token)
     return cipher.encrypt(record.realm_id, dataclasses.asdict(record))
 
 
 def open_record(cipher: TokenCipher, realm_id: str, ciphertext: bytes) -> TokenRecord:
     data = cipher.decrypt(realm_id, ciphertext)
+    register_tokens(str(data.get("access_token", "")), str(data.get("refresh_token", "")))
     try:
         return TokenRecord(**{name: data[name] for name in _RECORD_FIELDS if name in data})
     except TypeError as exc:

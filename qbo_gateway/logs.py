@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -35,29 +36,51 @@ _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECA
 
 
 class SecretRegistry:
-    """Every secret value this process knows, so it can be scrubbed from any log text."""
+    """Secret values this process knows, so they can be scrubbed from any log text.
 
-    _MIN_LEN = 8  # shorter values would scrub ordinary words
+    Static secrets (client secret, admin token, token keys) stay for the process's life;
+    tokens (every access and refresh token that passes through the token cipher) are kept
+    for the most recent `max_tokens`, so rotation over months cannot grow it without bound.
+    Scrubbing finds credential-shaped runs in the text and looks each up in a set, so its
+    cost does not grow with the number of known secrets.
+    """
 
-    def __init__(self) -> None:
+    _MIN_LEN = 12  # shorter values would scrub ordinary words
+    _RUN = re.compile(r"[A-Za-z0-9._~+/=-]{12,}")
+    _PART = re.compile(r"[A-Za-z0-9._~-]{12,}")
+
+    def __init__(self, max_tokens: int = 4096) -> None:
         self._lock = threading.Lock()
-        self._values: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
+        self._static: set[str] = set()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._max_tokens = max_tokens
 
     def add(self, *values: str | None) -> None:
-        fresh = {v for v in values if v and len(v) >= self._MIN_LEN and v not in self._values}
-        if not fresh:
-            return
         with self._lock:
-            self._values |= fresh
-            # Longest first so a secret that contains another is scrubbed whole.
-            ordered = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            self._static.update(v for v in values if v and len(v) >= self._MIN_LEN)
+
+    def add_token(self, *values: str | None) -> None:
+        with self._lock:
+            for value in values:
+                if value and len(value) >= self._MIN_LEN:
+                    self._recent[value] = None
+                    self._recent.move_to_end(value)
+            while len(self._recent) > self._max_tokens:
+                self._recent.popitem(last=False)
+
+    def _known(self, value: str) -> bool:
+        return value in self._static or value in self._recent
+
+    def _scrub_run(self, match: re.Match[str]) -> str:
+        run = match.group(0)
+        if self._known(run):
+            return REDACTED
+        # A secret glued to other characters ("token=<secret>", "<secret>/x").
+        return self._PART.sub(lambda m: REDACTED if self._known(m.group(0)) else m.group(0), run)
 
     def scrub(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is not None:
-            text = pattern.sub(REDACTED, text)
+        if self._static or self._recent:
+            text = self._RUN.sub(self._scrub_run, text)
         return _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
 
@@ -115,6 +138,9 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[
+            # Drop below-level events before any other work (the per-request line at info
+            # costs nothing when the level is warning).
+            structlog.stdlib.filter_by_level,
             *_shared_processors(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
@@ -136,4 +162,10 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
+    """Secrets known for the life of the process (credentials, keys, admin token)."""
     SECRETS.add(*values)
+
+
+def register_tokens(*values: str | None) -> None:
+    """OAuth tokens the process handles; only the most recent are remembered."""
+    SECRETS.add_token(*values)

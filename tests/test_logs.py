@@ -1,0 +1,107 @@
+"""Redaction with the real logging configuration: no secret reaches a rendered line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from qbo_gateway.logs import REDACTED, SecretRegistry, configure_logging, register_secrets
+from qbo_gateway.simulator import FaultRule
+from tests.harness import REALM, start_stack, stop_stack
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    configure_logging("debug", "json", stream=buffer)
+    yield buffer
+    configure_logging("warning", "console")
+
+
+def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+
+def test_secret_fields_are_redacted(log_output: io.StringIO) -> None:
+    log = structlog.get_logger("t")
+    log.info(
+        "event",
+        access_token="eyJhbGciOiJkaXIiLCJlbmMiOiJBMTI4Q0JDLUhTMjU2In0.abc",
+        refresh_token="AB11712345678901234567890",
+        client_secret="s3cr3t-value-123456",
+        authorization="Bearer caller-key-0123456789",
+        headers={"Cookie": "session=abcdef0123456789", "X-Other": "fine"},
+        token_calls=3,
+        realm_id=REALM,
+    )
+    (line,) = lines(log_output)
+    for field in ("access_token", "refresh_token", "client_secret", "authorization"):
+        assert line[field] == REDACTED
+    assert line["headers"]["Cookie"] == REDACTED
+    assert line["headers"]["X-Other"] == "fine"
+    assert line["token_calls"] == 3
+    assert line["realm_id"] == REALM
+
+
+def test_registered_secrets_and_auth_headers_are_scrubbed_anywhere(
+    log_output: io.StringIO,
+) -> None:
+    register_secrets(["admin-token-value-xyz-123"])
+    log = structlog.get_logger("t")
+    log.warning("oops", detail="admin token admin-token-value-xyz-123 leaked?")
+    log.warning("oops", detail="sent Authorization: Bearer abcdefghijklmnop1234")
+    logging.getLogger("aiohttp.client").error("stdlib: token=admin-token-value-xyz-123 failed")
+    text = log_output.getvalue()
+    assert "admin-token-value-xyz-123" not in text
+    assert "abcdefghijklmnop1234" not in text
+    assert text.count(REDACTED) == 3
+
+
+def test_registry_forgets_old_tokens_but_keeps_static_secrets() -> None:
+    registry = SecretRegistry(max_tokens=2)
+    registry.add("static-secret-0123456789")
+    registry.add_token("token-aaaaaaaaaaaa", "token-bbbbbbbbbbbb", "token-cccccccccccc")
+    scrubbed = registry.scrub(
+        "static-secret-0123456789 token-aaaaaaaaaaaa token-bbbbbbbbbbbb x=token-cccccccccccc"
+    )
+    assert scrubbed == f"{REDACTED} token-aaaaaaaaaaaa {REDACTED} x={REDACTED}"
+
+
+async def test_no_token_in_any_line_of_a_gateway_run(
+    aiohttp_server: Any, tmp_path: Path, log_output: io.StringIO
+) -> None:
+    s = await start_stack(aiohttp_server, tmp_path)
+    try:
+        s.sim.expire_access_token(REALM)  # forces a refresh and a replay
+        caller_key = "caller-key-should-never-appear-42"
+        headers = {"Authorization": f"Bearer {caller_key}"}
+        async with s.session.get(s.api(f"companyinfo/{REALM}"), headers=headers) as resp:
+            assert resp.status == 200
+        s.sim.inject(FaultRule(target="token", kind="invalid_grant"))
+        s.sim.expire_access_token(REALM)
+        no_stale = {**headers, "Cache-Control": "no-cache"}
+        async with s.session.get(s.api(f"companyinfo/{REALM}"), headers=no_stale) as resp:
+            assert resp.status == 401
+            assert resp.headers["X-QBO-Gateway-Error"] == "GW-RECONNECT-REQUIRED"
+        record = await s.gateway.store.get(REALM)
+        assert record is not None
+        text = log_output.getvalue()
+        assert '"event": "request"' in text and "token_reconnect_required" in text
+        for secret in (
+            s.pair.access_token,
+            s.pair.refresh_token,
+            record.access_token,
+            record.refresh_token,
+            caller_key,
+            "test-client-secret-value",
+        ):
+            assert secret not in text
+    finally:
+        await stop_stack(s)
