@@ -22,16 +22,18 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from qbo_gateway.alerts import AlertThresholds
 from qbo_gateway.cache import ResponseCache
 from qbo_gateway.callers import CallerRegistry, load_callers
 from qbo_gateway.clock import Clock, SystemClock
 from qbo_gateway.connect import ConnectFlow, MemoryOAuthStates, RedisOAuthStates, connect_routes
 from qbo_gateway.crypto import TokenCipher, load_or_create_key_file
+from qbo_gateway.health import HealthMonitor
+from qbo_gateway.health_api import add_health_routes
 from qbo_gateway.limits import Admitter
 from qbo_gateway.logs import register_secrets
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth import OAuthClient
-from qbo_gateway.observe import NullObserver
 from qbo_gateway.ops import ComponentState, Readiness, admin_authorized, build_ops_app
 from qbo_gateway.proxy import Proxy
 from qbo_gateway.retry import RetryBudget, RetryPolicy
@@ -40,10 +42,18 @@ from qbo_gateway.state.admission_fallback import FallbackAdmission
 from qbo_gateway.state.admission_memory import MemoryAdmission
 from qbo_gateway.state.admission_redis import RedisAdmission
 from qbo_gateway.state.availability import BackendAvailability
-from qbo_gateway.state.base import AdmissionBackend, AdmissionPolicy, Locks, TokenStore
+from qbo_gateway.state.base import (
+    AdmissionBackend,
+    AdmissionPolicy,
+    Locks,
+    TokenStatus,
+    TokenStore,
+)
 from qbo_gateway.state.cache_base import CacheBackend
 from qbo_gateway.state.cache_memory import MemoryCacheBackend
 from qbo_gateway.state.cache_redis import RedisCacheBackend
+from qbo_gateway.state.health_memory import HealthStore, MemoryHealthStore
+from qbo_gateway.state.health_redis import FallbackHealthStore, RedisHealthStore
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.locks import MemoryLocks, RedisLocks
 from qbo_gateway.state.redis_client import make_redis
@@ -68,6 +78,7 @@ class Gateway:
     tokens: TokenManager
     admitter: Admitter
     cache: ResponseCache
+    monitor: HealthMonitor
     proxy: Proxy
     proxy_app: web.Application
     ops_app: web.Application
@@ -78,6 +89,7 @@ class Gateway:
 
     async def start_background(self) -> None:
         """Start the loops a daemon runs (refresher, monitor); tests may skip them."""
+        await self.monitor.open(background=True)
         self.background.append(
             asyncio.create_task(
                 self.tokens.run_refresher(self.settings.refresh_interval_seconds),
@@ -94,6 +106,7 @@ class Gateway:
         # A refresh in flight is never cut off: its new pair must be stored first.
         await self.tokens.drain()
         await self.admitter.drain()
+        await self.monitor.close()
         for closer in reversed(self.closers):
             with contextlib.suppress(Exception):
                 await closer()
@@ -101,7 +114,13 @@ class Gateway:
         await self.store.close()
         await self.session.close()
         if self.redis is not None:
-            await self.redis.aclose()
+            # A connection cancelled mid-command can make redis-py's close wait on it;
+            # shutdown must not hang on that (nothing is lost: tokens were stored above).
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.redis.aclose()
+            except TimeoutError:
+                log.warning("redis_close_timed_out")
 
 
 def _secret(value: Any) -> str | None:
@@ -142,13 +161,13 @@ async def build_gateway(
     session = session or make_session(pool_size=settings.upstream_pool_size)
     upstream = Upstream(session)
     cipher = TokenCipher(token_keys(settings))
-    observer = NullObserver()
     policy = admission_policy(settings)
     redis: Redis | None = None
     store: TokenStore
     locks: Locks
     admission: AdmissionBackend
     cache_backend: CacheBackend
+    health_store: HealthStore
     keys = RedisKeys(redis_prefix or settings.redis_prefix)
     if settings.redis_url:
         redis = make_redis(settings.redis_url)
@@ -163,6 +182,11 @@ async def build_gateway(
             availability=availability,
         )
         cache_backend = RedisCacheBackend(redis, keys)
+        health_store = FallbackHealthStore(
+            RedisHealthStore(redis, history_seconds=settings.health_history_seconds, keys=keys),
+            MemoryHealthStore(history_seconds=settings.health_history_seconds),
+            availability=availability,
+        )
     else:
         store = SqliteTokenStore.in_dir(settings.state_dir, cipher)
         locks = MemoryLocks(clock)
@@ -171,6 +195,47 @@ async def build_gateway(
         cache_backend = MemoryCacheBackend(
             max_bytes=settings.cache_max_bytes, clock=clock, metrics=metrics
         )
+        health_store = MemoryHealthStore(history_seconds=settings.health_history_seconds)
+
+    # The monitor observes the token manager and the proxy, and probes through the proxy:
+    # it is built first, with late-bound callables into components built just below.
+    async def probe(realm_id: str) -> None:
+        await proxy.probe(realm_id)
+
+    async def realm_ids() -> list[str]:
+        return await tokens.realm_ids()
+
+    async def token_statuses() -> list[TokenStatus]:
+        return await tokens.statuses()
+
+    async def token_status(realm_id: str) -> TokenStatus | None:
+        return await tokens.status(realm_id)
+
+    observer = HealthMonitor(
+        store=health_store,
+        clock=clock,
+        metrics=metrics,
+        realm_ids=realm_ids,
+        token_statuses=token_statuses,
+        token_status=token_status,
+        load=admission.load,
+        probe=probe,
+        interval=settings.monitor_interval_seconds,
+        history_seconds=settings.health_history_seconds,
+        autostart=settings.monitor_autostart,
+        thresholds=AlertThresholds(
+            slow_warning=settings.alert_slow_warning_seconds,
+            slow_critical=settings.alert_slow_critical_seconds,
+            failures_warning=settings.alert_failures_warning,
+            failures_critical=settings.alert_failures_critical,
+            expiry_warning_days=settings.alert_refresh_expiry_warning_days,
+            expiry_critical_days=settings.alert_refresh_expiry_critical_days,
+        ),
+        webhook_url=settings.alert_webhook_url,
+        session=session,
+        policy=policy,
+        backend_up=lambda: availability.up,
+    )
     admitter = Admitter(admission, policy=policy, clock=clock, metrics=metrics, observer=observer)
     cache = ResponseCache(
         cache_backend,
@@ -253,6 +318,7 @@ async def build_gateway(
         return admin_authorized(request, admin_token)
 
     ops_app.add_routes(connect_routes(flow, guard=admin_guard))
+    add_health_routes(ops_app, observer, admin_token=admin_token)
     gateway = Gateway(
         settings=settings,
         clock=clock,
@@ -265,6 +331,7 @@ async def build_gateway(
         tokens=tokens,
         admitter=admitter,
         cache=cache,
+        monitor=observer,
         proxy=proxy,
         proxy_app=proxy_app,
         ops_app=ops_app,
@@ -273,6 +340,8 @@ async def build_gateway(
     )
     _add_readiness_checks(gateway, cipher_ok=True)
     await availability.check()
+    # Writers only; the monitor loop and housekeeping start with the daemon.
+    await observer.open(background=False)
     await _bootstrap_realm(gateway)
     return gateway
 

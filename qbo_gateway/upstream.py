@@ -29,7 +29,9 @@ def make_session(*, pool_size: int, connect_timeout: float = 5.0) -> aiohttp.Cli
         limit_per_host=pool_size,
         ttl_dns_cache=300,
         keepalive_timeout=30,
-        enable_cleanup_closed=True,
+        # Not enable_cleanup_closed: on Python < 3.12.7 its delayed abort of closed
+        # transports can remove the selector registration of a reused file descriptor,
+        # leaving an unrelated socket (a Redis connection, here) waiting forever.
     )
     return aiohttp.ClientSession(
         connector=connector,

@@ -5,6 +5,7 @@ Tests never touch the machine's shared Redis on 6379.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -47,6 +48,8 @@ class RedisServer:
                 *persistence,
                 "--dir",
                 str(self.dir),
+                "--logfile",
+                str(self.dir / "redis.log"),
                 "--protected-mode",
                 "no",
             ],
@@ -76,4 +79,5 @@ class RedisServer:
 
     def cleanup(self) -> None:
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("QBOGW_KEEP_REDIS_DIR"):
+            shutil.rmtree(self.dir, ignore_errors=True)

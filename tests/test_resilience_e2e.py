@@ -109,6 +109,23 @@ async def factory(
         await c.close()
 
 
+@pytest.fixture
+async def redis_factory(
+    aiohttp_server: Any, tmp_path: Path, redis_server: RedisServer, redis_prefix: str
+) -> AsyncIterator[Any]:
+    """Clusters of several replicas share limits through Redis only."""
+    made: list[Cluster] = []
+
+    async def build(**kw: Any) -> Cluster:
+        c = await make_cluster("redis", aiohttp_server, tmp_path, redis_server, redis_prefix, **kw)
+        made.append(c)
+        return c
+
+    yield build
+    for c in made:
+        await c.close()
+
+
 async def settle(cluster: Cluster) -> None:
     for gw in cluster.gateways:
         await gw.admitter.drain()
@@ -230,10 +247,8 @@ async def test_throttle_pauses_the_realm_for_every_replica(factory: Any, backend
     assert status == 200
 
 
-async def test_rate_limit_holds_across_three_replicas(factory: Any, backend: str) -> None:
-    if backend != "redis":
-        pytest.skip("several replicas share limits through Redis only")
-    c: Cluster = await factory(
+async def test_rate_limit_holds_across_three_replicas(redis_factory: Any) -> None:
+    c: Cluster = await redis_factory(
         replicas=3,
         rate_limit_per_minute=100,
         rate_limit_per_second=50,
@@ -263,13 +278,11 @@ async def test_concurrency_limit_holds_across_three_replicas(factory: Any, backe
 
 
 async def test_redis_outage_under_load_fails_no_request(
-    factory: Any, backend: str, redis_server: RedisServer
+    redis_factory: Any, redis_server: RedisServer
 ) -> None:
-    if backend != "redis":
-        pytest.skip("Redis mode only")
     # Limits high enough that a third of them per replica still admits the whole load: the
     # test is about Redis failing, not about the budget.
-    c: Cluster = await factory(
+    c: Cluster = await redis_factory(
         replicas=3, clock=SystemClock(), rate_limit_per_second=300, rate_limit_per_minute=3000
     )
     for i in range(3):

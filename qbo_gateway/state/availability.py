@@ -56,6 +56,8 @@ class BackendAvailability:
                 "state_backend_down",
                 backend="redis",
                 error=type(error).__name__ if error else None,
+                # redis-py messages name host and port, never the password.
+                detail=str(error)[:200] if error else None,
                 note="serving with in-process state until Redis answers again",
             )
         if self._probe_task is None or self._probe_task.done():

@@ -7,7 +7,7 @@ back to in-process state.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,14 +27,20 @@ def make_redis(
     socket_timeout: float = 0.5,
     connect_timeout: float = 0.5,
     max_connections: int = 64,
+    pool_timeout: float = 1.0,
 ) -> Redis:
-    return Redis.from_url(
+    # A blocking pool: under a burst, a caller waits briefly for a free connection instead
+    # of failing with "Too many connections" (which would look like Redis being down and
+    # send every replica to its local fallback).
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
         retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=5,
-        max_connections=max_connections,
         decode_responses=False,
     )
+    return Redis(connection_pool=pool)

@@ -1,0 +1,180 @@
+"""How long /health/summary and /health/dashboard take with 10,000 realms.
+
+Builds a HealthMonitor over 10,000 fake realms (tokens, traffic, some alerts and past
+incidents), serves the health API on a real local port and times each route over HTTP.
+`--examples` prints one example of each JSON shape instead (for the README).
+
+    .venv/bin/python bench/health_10k.py [--realms 10000] [--runs 20] [--examples]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qbo_gateway.clock import ManualClock
+from qbo_gateway.faults import FaultClass
+from qbo_gateway.health import HealthMonitor
+from qbo_gateway.health_api import add_health_routes
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.state.base import BreakerState, RealmLoad, TokenStatus
+from qbo_gateway.state.health_memory import MemoryHealthStore
+
+DAY = 86400.0
+
+
+def build(realms: int) -> tuple[HealthMonitor, ManualClock, list[str]]:
+    clock = ManualClock()
+    ids = [str(9_100_000_000_000_000 + i) for i in range(realms)]
+    now = clock.now()
+    tokens = {
+        r: TokenStatus(
+            realm_id=r,
+            access_expires_at=now + 3600,
+            refresh_expires_at=now + (10 if i % 97 == 0 else 90) * DAY,
+            refresh_hard_expires_at=None,
+            needs_reconnect=i % 1000 == 0,
+            version=1,
+        )
+        for i, r in enumerate(ids)
+    }
+
+    async def realm_ids() -> list[str]:
+        return ids
+
+    async def token_statuses() -> list[TokenStatus]:
+        return list(tokens.values())
+
+    async def token_status(realm_id: str) -> TokenStatus | None:
+        return tokens.get(realm_id)
+
+    async def load(realm_id: str) -> RealmLoad:
+        return RealmLoad(BreakerState.CLOSED, 0, None, None, 0, 0, 0, 0)
+
+    async def probe(realm_id: str) -> None:
+        return None
+
+    monitor = HealthMonitor(
+        store=MemoryHealthStore(history_seconds=DAY),
+        clock=clock,
+        metrics=Metrics(CollectorRegistry()),
+        realm_ids=realm_ids,
+        token_statuses=token_statuses,
+        token_status=token_status,
+        load=load,
+        probe=probe,
+        autostart=False,
+    )
+    return monitor, clock, ids
+
+
+def feed(monitor: HealthMonitor, clock: ManualClock, ids: list[str]) -> None:
+    """A day of traffic in 24 steps: every realm busy, a few failing and recovering."""
+    for hour in range(24):
+        for i, realm in enumerate(ids):
+            for n in range(3):
+                monitor.request_finished(
+                    realm,
+                    outcome="upstream",
+                    status=200,
+                    latency=0.15 + (i % 13) * 0.05 + n * 0.1 + (6.0 if i % 211 == 0 else 0.0),
+                    fault=FaultClass.OK,
+                )
+            if i % 50 == hour % 50:  # a short outage, recovered next hour
+                for _ in range(3):
+                    monitor.request_finished(
+                        realm,
+                        outcome="error",
+                        status=502,
+                        latency=0.1,
+                        fault=FaultClass.UPSTREAM_FAILURE,
+                    )
+        clock.advance(3600)
+    for i, realm in enumerate(ids):
+        if i % 400 == 0:
+            monitor.breaker_changed(realm, BreakerState.OPEN)
+        if i % 333 == 0:
+            monitor.throttled(realm, until=clock.now() + 60)
+
+
+async def timed(session: aiohttp.ClientSession, url: str, runs: int) -> tuple[list[float], int]:
+    times: list[float] = []
+    size = 0
+    for _ in range(runs):
+        start = time.perf_counter()
+        async with session.get(url) as resp:
+            body = await resp.read()
+            assert resp.status == 200, resp.status
+        times.append(time.perf_counter() - start)
+        size = len(body)
+    return times, size
+
+
+def describe(name: str, times: list[float], size: int) -> str:
+    ms = sorted(t * 1000 for t in times)
+    p95 = ms[max(0, round(0.95 * len(ms)) - 1)]
+    return (
+        f"{name:<22} runs={len(ms):<3} median={statistics.median(ms):7.1f} ms  "
+        f"p95={p95:7.1f} ms  max={ms[-1]:7.1f} ms  body={size / 1024:8.1f} KiB"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--realms", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--examples", action="store_true")
+    args = parser.parse_args()
+
+    monitor, clock, ids = build(3 if args.examples else args.realms)
+    await monitor.open(background=False)
+    await monitor.refresh_tokens(force=True)
+    started = time.perf_counter()
+    feed(monitor, clock, ids)
+    feed_seconds = time.perf_counter() - started
+    await monitor.flush()
+    app = web.Application()
+    add_health_routes(app, monitor, admin_token=None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}/health"
+    try:
+        async with aiohttp.ClientSession() as session:
+            if args.examples:
+                for path in ("summary", "dashboard", f"business/{ids[0]}", "alerts"):
+                    async with session.get(f"{base}/{path}") as resp:
+                        print(f"### GET /health/{path}\n")
+                        print(json.dumps(await resp.json(), indent=2), "\n")
+                return
+            events = len(ids) * 24 * 3
+            print(f"realms={len(ids)} fed {events} outcomes in {feed_seconds:.1f} s")
+            print(f"active alerts={len(monitor.alerts.active())}")
+            for name in ("summary", "dashboard"):
+                first, _ = await timed(session, f"{base}/{name}", 1)
+                times, size = await timed(session, f"{base}/{name}", args.runs)
+                print(f"{'/health/' + name + ' first':<22} {first[0] * 1000:7.1f} ms")
+                print(describe(f"/health/{name}", times, size))
+            every = f"dashboard?limit={len(ids)}"
+            times, size = await timed(session, f"{base}/{every}", args.runs)
+            print(describe(f"/health/{every}", times, size))
+    finally:
+        await runner.cleanup()
+        await monitor.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

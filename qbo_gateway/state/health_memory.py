@@ -1,0 +1,246 @@
+"""Where health history, alerts and monitor leases live, and the in-process home for them.
+
+The monitor and alert rules (health.py, alerts.py) need three kinds of shared state: a
+bounded, time-trimmed history of checks and request outcomes per realm; the alert records
+(one active per realm and kind); and a per-realm probe lease so several replicas probe an
+idle realm once per interval. `HealthStore` is that interface; `MemoryHealthStore` holds it
+in process (embedded mode, and the fallback while Redis is unreachable); health_redis.py
+shares it through Redis. Both are proven by one suite (tests/test_health.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+Severity = Literal["warning", "critical"]
+AlertState = Literal["active", "acknowledged", "resolved"]
+LeaseResult = Literal["acquired", "busy", "held"]
+
+SEVERITY_RANK: dict[str, int] = {"warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One check or request outcome of a realm, as kept in its history."""
+
+    at: float  # epoch seconds
+    source: str  # check | request | breaker | stale
+    ok: bool
+    status: int = 0
+    latency: float = 0.0
+    detail: str = ""  # short, secret-free (outcome, fault class, breaker state)
+    live: bool = False  # a live (non-probe) request that succeeded upstream
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> HistoryEntry:
+        doc = json.loads(raw)
+        doc.pop("n", None)  # the uniqueness nonce the Redis store adds
+        return cls(**doc)
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """One alert: an episode of one condition (kind) on one realm."""
+
+    id: str
+    realm_id: str
+    kind: str
+    severity: str  # warning | critical
+    state: str  # active | acknowledged | resolved
+    message: str
+    started_at: float  # when the condition began (first failure of a run)
+    raised_at: float  # when the rule fired
+    updated_at: float
+    value: float | None = None  # the measured figure (failures, seconds, days left)
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    resolved_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state != "resolved"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> AlertRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        clean = {k: v for k, v in doc.items() if k in known}
+        # cjson turns an empty dict into an empty array and null into a sentinel.
+        if not isinstance(clean.get("extra"), dict):
+            clean["extra"] = {}
+        return cls(**clean)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> AlertRecord:
+        return cls.from_dict(json.loads(raw))
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    alert: AlertRecord
+    created: bool  # a new episode: this caller raised it (and notifies)
+    changed: bool  # severity or message changed (escalation notifies)
+
+
+class HealthStore(Protocol):
+    async def record(self, entries: dict[str, list[HistoryEntry]], *, now: float) -> None:
+        """Append entries per realm; trims to the history window and the per-realm cap."""
+        ...
+
+    async def history(self, realm_id: str, *, since: float, limit: int) -> list[HistoryEntry]:
+        """The newest `limit` entries at or after `since`, oldest first."""
+        ...
+
+    async def acquire_probe(
+        self, realm_id: str, *, owner: str, now: float, interval: float
+    ) -> LeaseResult:
+        """`busy` when a live request succeeded within `interval` (seen by any replica),
+        `held` when the realm's probe lease is held (by anyone: a replica that restarts
+        its loop must not probe twice in one interval either), else takes it."""
+        ...
+
+    async def upsert_alert(self, alert: AlertRecord) -> UpsertResult:
+        """Raise (or update the severity of) the one active alert of (realm, kind)."""
+        ...
+
+    async def resolve_alert(self, realm_id: str, kind: str, *, at: float) -> AlertRecord | None:
+        """Resolve the active alert of (realm, kind); None when none was active."""
+        ...
+
+    async def ack_alert(self, alert_id: str, *, at: float, by: str) -> AlertRecord | None: ...
+
+    async def alerts(self) -> list[AlertRecord]:
+        """Every alert kept: active ones and those resolved within the history window."""
+        ...
+
+    async def prune(self, *, resolved_before: float, keep_resolved: int) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def merge_upsert(current: AlertRecord | None, new: AlertRecord) -> UpsertResult:
+    """The one rule both stores apply: keep the episode, take the new severity/message."""
+    if current is None or not current.active:
+        return UpsertResult(new, created=True, changed=True)
+    if current.severity == new.severity and current.message == new.message:
+        return UpsertResult(current, created=False, changed=False)
+    merged = replace(
+        current,
+        severity=new.severity,
+        message=new.message,
+        value=new.value,
+        updated_at=new.updated_at,
+    )
+    return UpsertResult(merged, created=False, changed=current.severity != new.severity)
+
+
+class MemoryHealthStore:
+    """`HealthStore` in process: rings per realm, a dict of alerts, a dict of leases."""
+
+    def __init__(self, *, history_seconds: float, max_entries_per_realm: int = 500) -> None:
+        self.history_seconds = history_seconds
+        self.max_entries = max_entries_per_realm
+        self._history: dict[str, deque[HistoryEntry]] = {}
+        self._last_live_ok: dict[str, float] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._alerts: dict[str, AlertRecord] = {}
+        self._active: dict[tuple[str, str], str] = {}
+
+    async def record(self, entries: dict[str, list[HistoryEntry]], *, now: float) -> None:
+        cutoff = now - self.history_seconds
+        for realm_id, items in entries.items():
+            ring = self._history.get(realm_id)
+            if ring is None:
+                ring = self._history[realm_id] = deque(maxlen=self.max_entries)
+            for entry in items:
+                ring.append(entry)
+                if entry.live and entry.ok:
+                    self._last_live_ok[realm_id] = max(
+                        entry.at, self._last_live_ok.get(realm_id, 0.0)
+                    )
+            while ring and ring[0].at < cutoff:
+                ring.popleft()
+
+    async def history(self, realm_id: str, *, since: float, limit: int) -> list[HistoryEntry]:
+        ring = self._history.get(realm_id)
+        if not ring:
+            return []
+        kept = [e for e in ring if e.at >= since]
+        return kept[-limit:] if limit > 0 else []
+
+    async def acquire_probe(
+        self, realm_id: str, *, owner: str, now: float, interval: float
+    ) -> LeaseResult:
+        last_ok = self._last_live_ok.get(realm_id)
+        if last_ok is not None and last_ok > now - interval:
+            return "busy"
+        held = self._leases.get(realm_id)
+        if held is not None and held[1] > now:
+            return "held"
+        self._leases[realm_id] = (owner, now + lease_length(interval))
+        return "acquired"
+
+    async def upsert_alert(self, alert: AlertRecord) -> UpsertResult:
+        current_id = self._active.get((alert.realm_id, alert.kind))
+        current = self._alerts.get(current_id) if current_id else None
+        result = merge_upsert(current, alert)
+        self._alerts[result.alert.id] = result.alert
+        self._active[(alert.realm_id, alert.kind)] = result.alert.id
+        return result
+
+    async def resolve_alert(self, realm_id: str, kind: str, *, at: float) -> AlertRecord | None:
+        current_id = self._active.pop((realm_id, kind), None)
+        current = self._alerts.get(current_id) if current_id else None
+        if current is None:
+            return None
+        resolved = replace(current, state="resolved", resolved_at=at, updated_at=at)
+        self._alerts[resolved.id] = resolved
+        return resolved
+
+    async def ack_alert(self, alert_id: str, *, at: float, by: str) -> AlertRecord | None:
+        current = self._alerts.get(alert_id)
+        if current is None:
+            return None
+        state = current.state if current.state == "resolved" else "acknowledged"
+        acked = replace(current, state=state, acknowledged_at=at, acknowledged_by=by)
+        self._alerts[alert_id] = acked
+        return acked
+
+    async def alerts(self) -> list[AlertRecord]:
+        return list(self._alerts.values())
+
+    async def prune(self, *, resolved_before: float, keep_resolved: int) -> int:
+        resolved = sorted(
+            (a for a in self._alerts.values() if not a.active),
+            key=lambda a: a.resolved_at or 0.0,
+        )
+        excess = max(0, len(resolved) - keep_resolved)
+        drop = [
+            a.id
+            for i, a in enumerate(resolved)
+            if i < excess or (a.resolved_at or 0.0) < resolved_before
+        ]
+        for alert_id in drop:
+            del self._alerts[alert_id]
+        return len(drop)
+
+    async def close(self) -> None:
+        return None
+
+
+def lease_length(interval: float) -> float:
+    """A probe lease ends a little before the next interval so its owner's next tick,
+    arriving a hair early, is not blocked by its own lease."""
+    return interval * 0.95
