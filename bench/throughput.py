@@ -110,22 +110,68 @@ def start_gateway(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def redis_commands(port: int) -> int:
-    out = subprocess.run(
-        ["redis-cli", "-p", str(port), "INFO", "commandstats"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    total = 0
-    for line in out.splitlines():
-        if line.startswith("cmdstat_") and not line.startswith(("cmdstat_info", "cmdstat_ping")):
-            total += int(line.split("calls=")[1].split(",")[0])
-    return total
+class RespCounter:
+    """A loopback TCP relay in front of Redis that counts the commands clients send.
+
+    INFO commandstats also counts commands that Lua scripts run inside the server, which
+    are not round trips; counting at the wire counts only what the gateway really sends.
+    """
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.by_command: dict[str, int] = {}
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def reset(self) -> None:
+        self.by_command.clear()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
+
+        async def upstream_to_client() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        pump = asyncio.create_task(upstream_to_client())
+        try:
+            while True:
+                header = await reader.readline()
+                if not header:
+                    break
+                chunks = [header]
+                if header.startswith(b"*"):
+                    name = ""
+                    for i in range(int(header[1:])):
+                        size_line = await reader.readline()
+                        data = await reader.readexactly(int(size_line[1:]) + 2)
+                        chunks += [size_line, data]
+                        if i == 0:
+                            name = data[:-2].decode(errors="replace").upper()
+                    self.by_command[name] = self.by_command.get(name, 0) + 1
+                up_writer.write(b"".join(chunks))
+                await up_writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            up_writer.close()
+            pump.cancel()
 
 
 async def run_gateway(
-    mode: str, sim_url: str, tokens: dict[str, str], seconds: float, concurrency: int
+    mode: str,
+    sim_url: str,
+    tokens: dict[str, str],
+    seconds: float,
+    concurrency: int,
+    *,
+    count_redis: bool = False,
 ) -> dict[str, float]:
     proxy_port, ops_port = free_port(), free_port()
     state = tempfile.mkdtemp(prefix="qbogw-bench-")
@@ -150,23 +196,33 @@ async def run_gateway(
         "QBO_CONCURRENCY_LIMIT": "10000",
     }
     redis: RedisServer | None = None
+    counter: RespCounter | None = None
     if mode == "redis":
         redis = RedisServer()
         redis.start()
         env["QBO_REDIS_URL"] = redis.url
+        if count_redis:
+            # The counting relay costs time itself: counted runs report commands, not speed.
+            counter = RespCounter(redis.port)
+            await counter.start()
+            env["QBO_REDIS_URL"] = f"redis://127.0.0.1:{counter.port}/0"
         env["QBO_TOKEN_KEYS"] = Fernet.generate_key().decode()
     proc = start_gateway(env)
     try:
         await wait_ready(f"http://127.0.0.1:{ops_port}/readyz")
         url = f"http://127.0.0.1:{proxy_port}/v3/company/{REALM}/companyinfo/{REALM}"
         await load(url, {}, 0.5, concurrency)  # warm up
-        before = redis_commands(redis.port) if redis else 0
+        await asyncio.sleep(0.3)
+        if counter is not None:
+            counter.reset()
         result = await load(url, {}, seconds, concurrency)
-        if redis is not None:
+        if counter is not None:
             await asyncio.sleep(0.3)  # outcome records are written after the response
-            result["redis_cmds_per_request"] = (redis_commands(redis.port) - before) / max(
-                1, result["requests"]
-            )
+            counts = dict(counter.by_command)
+            n = max(1, int(result["requests"]))
+            result["redis_cmds_per_request"] = sum(counts.values()) / n
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
+            print("redis commands per request:", ", ".join(f"{k} {v / n:.2f}" for k, v in top))
         return result
     finally:
         proc.terminate()
@@ -194,12 +250,13 @@ async def main() -> None:
         )
         modes = ["embedded", "redis"] if args.mode == "both" else [args.mode]
         for mode in modes:
-            rows.append(
-                (
-                    f"gateway ({mode})",
-                    await run_gateway(mode, sim_url, tokens, args.duration, args.concurrency),
+            result = await run_gateway(mode, sim_url, tokens, args.duration, args.concurrency)
+            if mode == "redis":
+                counted = await run_gateway(
+                    mode, sim_url, tokens, 2.0, args.concurrency, count_redis=True
                 )
-            )
+                result["redis_cmds_per_request"] = counted["redis_cmds_per_request"]
+            rows.append((f"gateway ({mode})", result))
     finally:
         sim.terminate()
         sim.wait(timeout=10)

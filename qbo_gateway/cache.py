@@ -320,7 +320,12 @@ class ResponseCache:
             return False
         kept = tuple((k, v) for k, v in _pairs(headers) if k.lower() in _CONTENT_HEADERS)
         try:
-            if epoch is None:
+            if epoch is None and self.fresh_seconds <= 0:
+                # Without freshness nothing is ever served young, so no epoch is read (one
+                # Redis round trip less per read); -1 matches no realm epoch, so even a
+                # replica configured with freshness never takes this entry as fresh.
+                epoch = -1
+            elif epoch is None:
                 epoch = await self.backend.epoch(key.realm_id)
             entry = CachedEntry(
                 realm_id=key.realm_id,

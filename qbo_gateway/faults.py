@@ -178,6 +178,8 @@ def _lower_keys(value: object) -> object:
 
 def parse_fault(body: bytes) -> QboFault | None:
     """Find a QBO Fault in a body of any shape; None when there is none."""
+    if b"ault" not in body:  # "Fault", "fault", "FAULT"... cheap before parsing a success
+        return None
     stripped = body.lstrip()[:1]
     if stripped in (b"{", b"["):
         try:

@@ -295,43 +295,49 @@ class Proxy:
             body or b"",
             headers.get("Accept"),
         )
-        found = await cache.lookup(key)
-        entry = found.entry
-        if entry is not None and cache.fresh(entry) and allows_fresh(cc):
-            rec.outcome, rec.code = "cache_hit", str(entry.status)
-            hit = cache.hit_response(entry)
-            rec.cache_status = hit.headers["Cache-Status"]
-            return hit
-        fwd = cache.forward_reason(entry, cc)
-        rec.cache_status = cache_status_for_upstream(stored=False, cacheable=True, fwd=fwd)
-        slot = _CacheSlot(cache, key, entry, cc, found.epoch, fwd)
+        if cache.fresh_seconds > 0:
+            found = await cache.lookup(key)
+            entry = found.entry
+            if entry is not None and cache.fresh(entry) and allows_fresh(cc):
+                rec.outcome, rec.code = "cache_hit", str(entry.status)
+                hit = cache.hit_response(entry)
+                rec.cache_status = hit.headers["Cache-Status"]
+                return hit
+            slot = _CacheSlot(cache, key, entry, cc, found.epoch, cache.forward_reason(entry, cc))
+        else:
+            # Nothing stored can answer before QBO is asked (no freshness), so the entry is
+            # only looked up if QBO fails: no cache round trip on the way to a success.
+            slot = _CacheSlot(cache, key, None, cc, None, "miss", looked_up=False)
+        rec.cache_status = cache_status_for_upstream(stored=False, cacheable=True, fwd=slot.fwd)
         try:
             if cache.fresh_seconds > 0:
                 # Concurrent misses for one key share one upstream call, fully buffered.
                 result = await cache.fetch_once(
                     key, lambda: self._buffered(method, target, headers, body, deadline, slot)
                 )
-                return self._from_buffered(result, slot, rec)
+                return await self._from_buffered(result, slot, rec)
             exchange = await self._exchange(method, target, headers, body, deadline, rec)
         except GatewayError as err:
-            stale = self._stale(slot, degraded_reason(err), err.status, rec)
+            stale = await self._stale(slot, degraded_reason(err), err.status, rec)
             if stale is not None:
                 return stale
             raise
         if exchange.fault in (FaultClass.UPSTREAM_FAILURE, FaultClass.THROTTLE):
             reason = degraded_reason_for_upstream(exchange.response.status, exchange.body)
-            stale = self._stale(slot, reason, exchange.response.status, rec)
+            stale = await self._stale(slot, reason, exchange.response.status, rec)
             if stale is not None:
                 self._settle(target.realm_id, exchange)
                 exchange.response.release()
                 return stale
         return await self._relay(request, target, exchange, rec, slot)
 
-    def _stale(
+    async def _stale(
         self, slot: _CacheSlot, reason: str | None, fwd_status: int | None, rec: RequestRecord
     ) -> web.Response | None:
-        entry = slot.entry
-        if reason is None or entry is None or not allows_stale(slot.cache_control):
+        if reason is None or not allows_stale(slot.cache_control):
+            return None
+        entry = slot.entry if slot.looked_up else (await slot.cache.lookup(slot.key)).entry
+        if entry is None:
             return None
         if not slot.cache.servable_stale(entry):
             return None
@@ -375,7 +381,7 @@ class Proxy:
             upstream.status, list(out_headers.items()), data, exchange.fault, stored, rec
         )
 
-    def _from_buffered(
+    async def _from_buffered(
         self, result: _Buffered, slot: _CacheSlot, rec: RequestRecord
     ) -> web.Response:
         rec.attempts = result.rec.attempts
@@ -384,7 +390,7 @@ class Proxy:
         rec.fault = result.fault
         if result.fault in (FaultClass.UPSTREAM_FAILURE, FaultClass.THROTTLE):
             reason = degraded_reason_for_upstream(result.status, result.body)
-            stale = self._stale(slot, reason, result.status, rec)
+            stale = await self._stale(slot, reason, result.status, rec)
             if stale is not None:
                 return stale
         rec.outcome, rec.code = "upstream", str(result.status)
@@ -502,6 +508,16 @@ class Proxy:
         headers["Cache-Status"] = rec.cache_status
         headers["X-Request-Id"] = rec.request_id
         try:
+            if exchange.body is None and _small(upstream):
+                # A small body is read whole: one write back instead of a chunked stream.
+                try:
+                    exchange.body = await upstream.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    exchange.outcome = Outcome.FAILURE
+                    self._settle(target.realm_id, exchange)
+                    raise UpstreamUnavailable("QBO broke off the response") from exc
+                if slot is not None and exchange.fault is FaultClass.OK:
+                    await self._store(slot, upstream.status, headers, exchange.body)
             if exchange.body is not None:
                 self._settle(target.realm_id, exchange)
                 return web.Response(status=upstream.status, headers=headers, body=exchange.body)
@@ -531,17 +547,22 @@ class Proxy:
             finally:
                 self._settle(target.realm_id, exchange)
             if kept is not None and slot is not None:
-                await slot.cache.store(
-                    slot.key,
-                    upstream.status,
-                    list(headers.items()),
-                    b"".join(kept),
-                    request_cache_control=slot.cache_control,
-                    epoch=slot.epoch,
-                )
+                await self._store(slot, upstream.status, headers, b"".join(kept))
             return response
         finally:
             upstream.release()
+
+    async def _store(
+        self, slot: _CacheSlot, status: int, headers: CIMultiDict[str], body: bytes
+    ) -> None:
+        await slot.cache.store(
+            slot.key,
+            status,
+            list(headers.items()),
+            body,
+            request_cache_control=slot.cache_control,
+            epoch=slot.epoch,
+        )
 
     # --- monitor probes ----------------------------------------------------------------
 
@@ -586,6 +607,7 @@ class _CacheSlot:
     cache_control: str | None
     epoch: int | None
     fwd: str
+    looked_up: bool = True  # False: `entry` was not read (looked up only if QBO fails)
 
 
 @dataclass(frozen=True)
@@ -598,6 +620,14 @@ class _Buffered:
     fault: FaultClass
     stored: bool
     rec: RequestRecord
+
+
+_SMALL_BODY = 256 * 1024
+
+
+def _small(response: aiohttp.ClientResponse) -> bool:
+    length = response.content_length
+    return length is not None and length <= _SMALL_BODY
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from cryptography.fernet import Fernet
 
 from qbo_gateway.simulator import FaultRule
 from tests.harness import REALM, Stack, start_stack, stop_stack
@@ -135,3 +136,25 @@ async def test_connect_flow_stores_a_new_realm(stack: Stack) -> None:
         assert resp.status == 200
     async with stack.session.get(callback, allow_redirects=False) as resp:
         assert resp.status >= 400  # the state is single-use
+
+
+async def test_readyz_verbose_warns_when_redis_keeps_nothing_on_disk(
+    aiohttp_server: Any, tmp_path: Path, redis_server: Any, redis_prefix: str
+) -> None:
+    s = await start_stack(
+        aiohttp_server,
+        tmp_path,
+        redis_url=redis_server.url,
+        token_keys=Fernet.generate_key().decode(),
+        redis_prefix=redis_prefix,
+    )
+    try:
+        async with s.session.get(s.ops_url + "/readyz?verbose") as resp:
+            assert resp.status == 200
+            backend = (await resp.json())["components"]["state_backend"]
+        assert backend["ok"] is True
+        # The test server runs with no AOF and no RDB: a restart would lose every realm.
+        assert "warning" in backend
+        assert "disk" in backend["warning"].lower() or "persist" in backend["warning"].lower()
+    finally:
+        await stop_stack(s)
