@@ -88,6 +88,7 @@ async def run_demo(*, simulator_port: int = 0) -> int:
             pair.refresh_token,
             pair.access_token,
             pair.access_expires_at,
+            refresh_expires_at=pair.refresh_expires_at,
             force=True,
         )
 

@@ -257,3 +257,18 @@ async def test_demo_prints_curl_lines_that_work(tmp_path: Path, ports: tuple[int
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_settings_come_from_files_in_the_secrets_dir(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "qbo_realm_id").write_text("not-digits")
+    env = {"QBO_STATE_DIR": str(tmp_path), "QBO_SECRETS_DIR": str(secrets)}
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 2
+    assert "QBO_REALM_ID" in result.stderr
+    (secrets / "qbo_realm_id").write_text("9130349226472226")
+    (secrets / "qbo_refresh_token").write_text("from-a-mounted-secret-file")
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "from-a-mounted-secret-file" not in result.stdout + result.stderr

@@ -158,3 +158,36 @@ async def test_readyz_verbose_warns_when_redis_keeps_nothing_on_disk(
         assert "disk" in backend["warning"].lower() or "persist" in backend["warning"].lower()
     finally:
         await stop_stack(s)
+
+
+CONTRACT_METRICS = (
+    "qbo_gateway_requests_total",
+    "qbo_gateway_request_duration_seconds",
+    "qbo_gateway_upstream_request_duration_seconds",
+    "qbo_gateway_token_refreshes_total",
+    "qbo_gateway_circuit_transitions_total",
+    "qbo_gateway_realms",
+    "qbo_gateway_rate_limited_total",
+    "qbo_gateway_stale_served_total",
+    "qbo_gateway_alerts_active",
+    "qbo_gateway_state_backend_up",
+    "qbo_gateway_build_info",
+)
+
+
+async def test_every_contract_metric_is_exported_without_realm_ids(stack: Stack) -> None:
+    async with stack.session.get(stack.api(f"companyinfo/{REALM}")) as resp:
+        assert resp.status == 200
+    async with stack.session.post(
+        f"{stack.ops_url}/admin/realms/{REALM}/refresh", headers=ADMIN
+    ) as resp:
+        assert resp.status == 200
+    await stack.gateway.monitor.flush()
+    await stack.gateway.monitor.housekeeping()
+    async with stack.session.get(stack.ops_url + "/metrics") as resp:
+        text = await resp.text()
+    for name in CONTRACT_METRICS:
+        assert f"# TYPE {name.removesuffix('_total')}" in text, name
+    assert 'qbo_gateway_realms{status="healthy"} 1.0' in text
+    assert 'qbo_gateway_token_refreshes_total{result="success"} 1.0' in text
+    assert REALM not in text
