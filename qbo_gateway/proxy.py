@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from qbo_gateway.access_log import AccessLog, RequestRecord
 from qbo_gateway.cache import (
     CacheKey,
     ResponseCache,
@@ -32,6 +32,7 @@ from qbo_gateway.cache import (
 )
 from qbo_gateway.callers import CallerRegistry
 from qbo_gateway.clock import Clock
+from qbo_gateway.exchange import AdmissionGate, Exchange, QboCaller, TokenSource
 from qbo_gateway.faults import (
     CircuitOpen,
     FaultClass,
@@ -39,111 +40,20 @@ from qbo_gateway.faults import (
     PayloadTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
-    classify,
     render_fault,
 )
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import NullObserver, Observer
 from qbo_gateway.paths import Target, check_path, forward_headers, query_has, returned_headers
-from qbo_gateway.retry import Failure, RetryPolicy
-from qbo_gateway.state.base import Admission, BreakerState, Outcome, Verdict
+from qbo_gateway.retry import RetryPolicy
+from qbo_gateway.state.base import Outcome
 from qbo_gateway.state.cache_base import CachedEntry
-from qbo_gateway.upstream import Upstream, UpstreamConnectError, UpstreamRequest
+from qbo_gateway.upstream import Upstream
 
 log = structlog.get_logger("qbo_gateway.access")
 
-_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_ERROR_BODY_LIMIT = 1024 * 1024  # QBO error bodies are small; never hold more to classify one
 _CHUNK = 64 * 1024
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-
-# Refusals that say something about the realm's health (the others are the caller's).
-_REALM_REFUSALS = frozenset({"GW-RATE-LIMITED", "GW-CIRCUIT-OPEN", "GW-RECONNECT-REQUIRED"})
-
-
-class TokenSource(Protocol):
-    async def access_token(self, realm_id: str) -> str: ...
-
-    async def after_unauthorized(self, realm_id: str, used_token: str) -> str | None: ...
-
-
-class AdmissionGate(Protocol):
-    async def acquire(self, realm_id: str, *, batch: bool, deadline: float) -> Admission: ...
-
-    def release(
-        self,
-        realm_id: str,
-        admission: Admission,
-        outcome: Outcome,
-        retry_after: float | None = None,
-    ) -> None: ...
-
-
-class OpenGate:
-    """Admits everything: for tests of the proxy alone."""
-
-    async def acquire(self, realm_id: str, *, batch: bool, deadline: float) -> Admission:
-        return Admission(verdict=Verdict.ADMIT)
-
-    def release(
-        self,
-        realm_id: str,
-        admission: Admission,
-        outcome: Outcome,
-        retry_after: float | None = None,
-    ) -> None:
-        return None
-
-
-@dataclass
-class RequestRecord:
-    """What the summary log line and the metrics say about one request."""
-
-    request_id: str
-    method: str
-    realm_id: str | None = None
-    caller: str | None = None
-    path: str | None = None
-    status: int = 0
-    outcome: str = "error"
-    code: str = ""
-    attempts: int = 0
-    upstream_seconds: float = 0.0
-    intuit_tid: str | None = None
-    degraded: str | None = None
-    cache_status: str = "qbo-gateway; fwd=bypass"
-    fault: FaultClass | None = None
-    extra: dict[str, object] = field(default_factory=dict)
-
-
-@dataclass
-class Exchange:
-    """An upstream answer whose admission slot is still held until its body is done."""
-
-    response: aiohttp.ClientResponse
-    admission: Admission
-    fault: FaultClass
-    body: bytes | None  # set when the body was read to classify it
-    outcome: Outcome
-    retry_after: float | None = None
-
-
-def _retry_after(headers: CIMultiDict[str] | object) -> float | None:
-    value = getattr(headers, "get", lambda _k: None)("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def _outcome_for(fault: FaultClass) -> Outcome:
-    if fault is FaultClass.UPSTREAM_FAILURE:
-        return Outcome.FAILURE
-    if fault is FaultClass.THROTTLE:
-        return Outcome.THROTTLE
-    return Outcome.SUCCESS
 
 
 class Proxy:
@@ -164,16 +74,21 @@ class Proxy:
         max_body_bytes: int,
         request_timeout: float,
     ) -> None:
-        self.api_base = api_base.rstrip("/")
-        self.minor_version = minor_version
         self.callers = callers
-        self.tokens = tokens
-        self.upstream = upstream
         self.clock = clock
         self.metrics = metrics
         self.observer = observer or NullObserver()
-        self.gate = gate or OpenGate()
-        self.retry = retry or RetryPolicy()
+        self.caller = QboCaller(
+            api_base=api_base,
+            minor_version=minor_version,
+            tokens=tokens,
+            upstream=upstream,
+            clock=clock,
+            metrics=metrics,
+            gate=gate,
+            retry=retry,
+        )
+        self.access = AccessLog(metrics=metrics, observer=self.observer)
         self.cache = cache
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
@@ -200,7 +115,7 @@ class Proxy:
             await response.prepare(request)
             # Everything up to here was one exchange; the body was set on the Response.
         rec.status = response.status
-        self._finish(rec, time.perf_counter() - started)
+        self.access.finish(rec, time.perf_counter() - started)
         return response
 
     def _refusal(self, err: GatewayError, rec: RequestRecord) -> web.Response:
@@ -213,38 +128,6 @@ class Proxy:
         if rec.cache_status:
             headers["Cache-Status"] = rec.cache_status
         return render_fault(err, headers)
-
-    def _finish(self, rec: RequestRecord, seconds: float) -> None:
-        method = rec.method if rec.method in _METHODS else "OTHER"
-        code = rec.code or str(rec.status)
-        self.metrics.requests.labels(method=method, outcome=rec.outcome, code=code).inc()
-        self.metrics.request_duration.labels(outcome=rec.outcome).observe(seconds)
-        realm_verdict = rec.outcome != "rejected" or rec.code in _REALM_REFUSALS
-        if rec.realm_id and realm_verdict:
-            self.observer.request_finished(
-                rec.realm_id,
-                outcome=rec.outcome,
-                status=rec.status,
-                latency=rec.upstream_seconds or seconds,
-                fault=rec.fault,
-            )
-        log.info(
-            "request",
-            request_id=rec.request_id,
-            realm_id=rec.realm_id,
-            caller=rec.caller,
-            method=rec.method,
-            path=rec.path,  # the query is never logged: it holds customers' SQL
-            status=rec.status,
-            outcome=rec.outcome,
-            code=rec.code or None,
-            duration_ms=round(seconds * 1000, 2),
-            upstream_ms=round(rec.upstream_seconds * 1000, 2),
-            attempts=rec.attempts,
-            intuit_tid=rec.intuit_tid,
-            degraded=rec.degraded,
-            cache_status=rec.cache_status,
-        )
 
     async def _read_body(self, request: web.Request) -> bytes | None:
         if not request.body_exists:
@@ -281,7 +164,7 @@ class Proxy:
         cache = self.cache if read and self.cache is not None and self.cache.enabled else None
         if cache is None:
             rec.cache_status = cache_status_for_upstream(stored=False, cacheable=False)
-            exchange = await self._exchange(method, target, headers, body, deadline, rec)
+            exchange = await self.caller.call(method, target, headers, body, deadline, rec)
             if not read and 200 <= exchange.response.status < 300 and self.cache is not None:
                 await self.cache.end_freshness(target.realm_id)
             return await self._relay(request, target, exchange, rec, None)
@@ -316,7 +199,7 @@ class Proxy:
                     key, lambda: self._buffered(method, target, headers, body, deadline, slot)
                 )
                 return await self._from_buffered(result, slot, rec)
-            exchange = await self._exchange(method, target, headers, body, deadline, rec)
+            exchange = await self.caller.call(method, target, headers, body, deadline, rec)
         except GatewayError as err:
             stale = await self._stale(slot, degraded_reason(err), err.status, rec)
             if stale is not None:
@@ -326,7 +209,7 @@ class Proxy:
             reason = degraded_reason_for_upstream(exchange.response.status, exchange.body)
             stale = await self._stale(slot, reason, exchange.response.status, rec)
             if stale is not None:
-                self._settle(target.realm_id, exchange)
+                self.caller.settle(target.realm_id, exchange)
                 exchange.response.release()
                 return stale
         return await self._relay(request, target, exchange, rec, slot)
@@ -356,7 +239,7 @@ class Proxy:
         slot: _CacheSlot,
     ) -> _Buffered:
         rec = RequestRecord(request_id="flight", method=method)
-        exchange = await self._exchange(method, target, headers, body, deadline, rec)
+        exchange = await self.caller.call(method, target, headers, body, deadline, rec)
         upstream = exchange.response
         try:
             data = exchange.body if exchange.body is not None else await upstream.read()
@@ -364,7 +247,7 @@ class Proxy:
             exchange.outcome = Outcome.FAILURE
             raise UpstreamUnavailable("QBO broke off the response") from exc
         finally:
-            self._settle(target.realm_id, exchange)
+            self.caller.settle(target.realm_id, exchange)
             upstream.release()
         out_headers = returned_headers(upstream.headers)
         stored = False
@@ -401,98 +284,6 @@ class Proxy:
         headers["X-Request-Id"] = rec.request_id
         return web.Response(status=result.status, headers=headers, body=result.body)
 
-    async def _exchange(
-        self,
-        method: str,
-        target: Target,
-        headers: CIMultiDict[str],
-        body: bytes | None,
-        deadline: float,
-        rec: RequestRecord,
-    ) -> Exchange:
-        realm = target.realm_id
-        url = target.upstream_url(self.api_base, self.minor_version)
-        plan = self.retry.start(realm, method, f"/v3/company/{realm}/{target.rest}")
-        auth_replayed = False
-        while True:
-            admission = await self.gate.acquire(realm, batch=target.is_batch, deadline=deadline)
-            try:
-                token = await self.tokens.access_token(realm)
-            except BaseException:
-                self.gate.release(realm, admission, Outcome.ABANDONED)
-                raise
-            out = headers.copy()
-            out["Authorization"] = f"Bearer {token}"
-            rec.attempts += 1
-            breaker = BreakerState.HALF_OPEN if admission.probe else BreakerState.CLOSED
-            t0 = self.clock.monotonic()
-            try:
-                response = await self.upstream.send(
-                    UpstreamRequest(method, url, out, body),
-                    budget=deadline - self.clock.monotonic(),
-                )
-            except GatewayError as err:
-                elapsed = self.clock.monotonic() - t0
-                rec.upstream_seconds += elapsed
-                result = "timeout" if isinstance(err, UpstreamTimeout) else "connection_error"
-                self.metrics.upstream_duration.labels(result=result).observe(elapsed)
-                rec.fault = FaultClass.UPSTREAM_FAILURE
-                self.gate.release(realm, admission, Outcome.FAILURE)
-                refused = isinstance(err, UpstreamConnectError)
-                decision = plan.after_failure(
-                    Failure.REFUSED if refused else Failure.CONNECTION,
-                    remaining=deadline - self.clock.monotonic(),
-                    breaker=breaker,
-                )
-                if not decision.retry:
-                    raise
-                self.metrics.upstream_retries.labels(cause=decision.why).inc()
-                await self.clock.sleep(decision.delay)
-                continue
-            elapsed = self.clock.monotonic() - t0
-            rec.upstream_seconds += elapsed
-            rec.intuit_tid = response.headers.get("intuit_tid") or rec.intuit_tid
-            error_body: bytes | None = None
-            if response.status >= 400:
-                error_body = await _read_bounded(response, _ERROR_BODY_LIMIT)
-            fault = classify(response.status, error_body)
-            rec.fault = fault
-            self.metrics.upstream_duration.labels(result=fault.value).observe(elapsed)
-            retry_after = _retry_after(response.headers)
-            if fault is FaultClass.AUTHENTICATION and not auth_replayed:
-                # An expired or revoked access token says nothing about QBO's health.
-                self.gate.release(realm, admission, Outcome.ABANDONED)
-                try:
-                    fresh = await self.tokens.after_unauthorized(realm, token)
-                except BaseException:
-                    response.release()
-                    raise
-                if fresh is not None:
-                    response.release()
-                    auth_replayed = True
-                    continue
-                admission = Admission(verdict=Verdict.ADMIT)  # already released
-            if fault is FaultClass.UPSTREAM_FAILURE:
-                decision = plan.after_failure(
-                    Failure.STATUS,
-                    status=response.status,
-                    retry_after=retry_after,
-                    remaining=deadline - self.clock.monotonic(),
-                    breaker=breaker,
-                )
-                if decision.retry:
-                    self.gate.release(realm, admission, Outcome.FAILURE)
-                    response.release()
-                    self.metrics.upstream_retries.labels(cause=decision.why).inc()
-                    await self.clock.sleep(decision.delay)
-                    continue
-            return Exchange(
-                response, admission, fault, error_body, _outcome_for(fault), retry_after
-            )
-
-    def _settle(self, realm_id: str, exchange: Exchange) -> None:
-        self.gate.release(realm_id, exchange.admission, exchange.outcome, exchange.retry_after)
-
     async def _relay(
         self,
         request: web.Request,
@@ -514,12 +305,12 @@ class Proxy:
                     exchange.body = await upstream.read()
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     exchange.outcome = Outcome.FAILURE
-                    self._settle(target.realm_id, exchange)
+                    self.caller.settle(target.realm_id, exchange)
                     raise UpstreamUnavailable("QBO broke off the response") from exc
                 if slot is not None and exchange.fault is FaultClass.OK:
                     await self._store(slot, upstream.status, headers, exchange.body)
             if exchange.body is not None:
-                self._settle(target.realm_id, exchange)
+                self.caller.settle(target.realm_id, exchange)
                 return web.Response(status=upstream.status, headers=headers, body=exchange.body)
             storable = slot is not None and exchange.fault is FaultClass.OK
             kept: list[bytes] | None = [] if storable else None
@@ -545,7 +336,7 @@ class Proxy:
                 log.warning("upstream_body_broken", error=type(exc).__name__)
                 return response
             finally:
-                self._settle(target.realm_id, exchange)
+                self.caller.settle(target.realm_id, exchange)
             if kept is not None and slot is not None:
                 await self._store(slot, upstream.status, headers, b"".join(kept))
             return response
@@ -576,12 +367,12 @@ class Proxy:
         started = time.perf_counter()
         status = 0
         try:
-            exchange = await self._exchange("GET", target, headers, None, deadline, rec)
+            exchange = await self.caller.call("GET", target, headers, None, deadline, rec)
             try:
                 await exchange.response.read()
             finally:
                 status = exchange.response.status
-                self._settle(realm_id, exchange)
+                self.caller.settle(realm_id, exchange)
                 exchange.response.release()
         except GatewayError as err:
             status = err.status
@@ -628,20 +419,6 @@ _SMALL_BODY = 256 * 1024
 def _small(response: aiohttp.ClientResponse) -> bool:
     length = response.content_length
     return length is not None and length <= _SMALL_BODY
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                break
-            chunks.append(chunk)
-    except (aiohttp.ClientError, TimeoutError):
-        pass  # a broken error body is still an error; classify what arrived
-    return b"".join(chunks)
 
 
 def _request_id(request: web.Request) -> str:
