@@ -21,7 +21,7 @@ test:
 	$(PY) -m pytest -q
 
 # deploy-check runs before test: it fetches promtool, which the deploy tests use.
-check: lint types deploy-check test
+check: install lint types deploy-check test
 
 demo: install
 	$(VENV)/bin/qbo-gateway demo
