@@ -1,0 +1,106 @@
+"""Buffered history writes, so observing a request never waits on (or fails with) the store.
+
+Events are appended to a bounded in-memory buffer and a background task writes them in
+batches. When the writer falls far behind, history entries are dropped while the in-memory
+aggregates keep counting. Workers stop through `park_then_cancel`: they finish the write in
+hand first, because cancelling redis-py in the middle of a command can leave the connection
+(and with it the shutdown) waiting for a long time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from qbo_gateway.clock import Clock
+from qbo_gateway.state.base import StateUnavailable
+from qbo_gateway.state.health_memory import HealthStore, HistoryEntry
+
+log = structlog.get_logger(__name__)
+
+_MAX_BUFFERED = 20000
+_MAX_PER_REALM_FLUSH = 50
+
+
+async def park_then_cancel(
+    task: asyncio.Task[None] | None, idle: asyncio.Event, patience: float = 5.0
+) -> None:
+    """Wait (bounded) until a worker is idle, then cancel it where cancelling is safe."""
+    if task is None or task.done():
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(patience):
+            await idle.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class HistoryBuffer:
+    """The history writer: `add` is sync and O(1); a background task stores batches."""
+
+    def __init__(self, *, store: HealthStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._buffer: dict[str, list[HistoryEntry]] = {}
+        self._buffered = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, realm_id: str, entry: HistoryEntry) -> None:
+        if self._buffered >= _MAX_BUFFERED:
+            return  # the writer is far behind; aggregates still count, history skips
+        items = self._buffer.setdefault(realm_id, [])
+        if len(items) >= _MAX_PER_REALM_FLUSH:
+            items.pop(0)
+            self._buffered -= 1
+        items.append(entry)
+        self._buffered += 1
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush_now(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer, self._buffered = self._buffer, {}, 0
+        try:
+            await self.store.record(batch, now=self.clock.now())
+        except StateUnavailable:
+            log.warning("health_history_write_skipped", realms=len(batch))
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._buffer:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self.flush_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - history is best effort
+                log.error("health_history_write_failed", error=type(exc).__name__)
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Let the write in hand finish, stop the writer, then store what is left."""
+        self._wake.set()
+        await park_then_cancel(self._task, self._idle)
+        self._task = None
+        with contextlib.suppress(Exception):
+            await self.flush_now()
+
+    async def flush(self) -> None:
+        """Wait until buffered entries are stored (written here if no writer runs)."""
+        if self._task is None or self._task.done():
+            await self.flush_now()
+        else:
+            await self._idle.wait()
