@@ -117,12 +117,19 @@ async def start_stack(
     *,
     sim_kwargs: dict[str, Any] | None = None,
     clock: Clock | None = None,
+    seed: bool = True,
     **overrides: Any,
 ) -> Stack:
     sim, sim_server = await start_sim(aiohttp_server, **(sim_kwargs or {}))
     pair = sim.add_realm(REALM)
     gateway, proxy_server, ops_server, registry = await start_gateway(
-        aiohttp_server, sim, sim_server, tmp_path / "state", clock=clock, seed=pair, **overrides
+        aiohttp_server,
+        sim,
+        sim_server,
+        tmp_path / "state",
+        clock=clock,
+        seed=pair if seed else None,
+        **overrides,
     )
     session = ClientSession()
     return Stack(sim, sim_server, gateway, proxy_server, ops_server, session, pair, registry)

@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 
 from qbo_gateway.simulator import FaultRule
 from tests.harness import REALM, Stack, start_stack, stop_stack
+from tests.redis_server import free_port
 
 ADMIN = {"Authorization": "Bearer admin-token-for-tests"}
 
@@ -191,3 +192,28 @@ async def test_every_contract_metric_is_exported_without_realm_ids(stack: Stack)
     assert 'qbo_gateway_realms{status="healthy"} 1.0' in text
     assert 'qbo_gateway_token_refreshes_total{result="success"} 1.0' in text
     assert REALM not in text
+
+
+async def test_replica_that_never_reached_redis_is_not_ready(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    s = await start_stack(
+        aiohttp_server,
+        tmp_path,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        token_keys=Fernet.generate_key().decode(),
+        seed=False,
+    )
+    try:
+        async with s.session.get(s.ops_url + "/readyz?verbose") as resp:
+            assert resp.status == 503
+            doc = await resp.json()
+        assert doc["components"]["state_backend"]["ok"] is False
+        async with s.session.get(s.ops_url + "/livez") as resp:
+            assert resp.status == 200  # not ready, but alive: no restart loop
+        async with s.session.get(s.api(f"companyinfo/{REALM}")) as resp:
+            assert resp.status >= 500
+            assert resp.headers["X-QBO-Gateway-Error"].startswith("GW-")
+        assert s.sim.api_requests == []
+    finally:
+        await stop_stack(s)
