@@ -50,8 +50,15 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    # Read directly (not via Settings): the probe must answer even when other settings are
+    # broken, and it only needs where the ops listener is.
     port = args.port or int(os.environ.get("QBO_OPS_PORT", "9090"))
-    url = f"http://127.0.0.1:{port}/readyz"
+    host = os.environ.get("QBO_OPS_HOST", "127.0.0.1")
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - a wildcard bind is reached on loopback
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{port}/readyz"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as response:
             ok = response.status == 200
