@@ -184,7 +184,8 @@ class QboCaller:
                     response.release()
                     auth_replayed = True
                     continue
-                admission = Admission(verdict=Verdict.ADMIT)  # already released
+                # Released above; a placeholder that `settle` records nothing for.
+                admission = Admission(verdict=Verdict.REFUSE)
             if fault is FaultClass.UPSTREAM_FAILURE:
                 decision = plan.after_failure(
                     Failure.STATUS,
