@@ -81,3 +81,17 @@ async def test_reconnect_required_shows_in_health(stack: Stack) -> None:
     assert doc["status"] == "needs_reconnect"
     assert doc["token"]["needs_reconnect"] is True
     assert any(a["kind"] == "reconnect_required" for a in doc["alerts"])
+
+
+async def test_admin_check_probes_companyinfo_through_the_pipeline(stack: Stack) -> None:
+    url = f"{stack.ops_url}/health/business/{REALM}/check"
+    async with stack.session.post(url) as resp:
+        assert resp.status == 401
+    before = len(stack.sim.api_requests)
+    async with stack.session.post(url, headers=ADMIN) as resp:
+        assert resp.status in (200, 202)
+    probes = stack.sim.api_requests[before:]
+    assert [r.path for r in probes] == [f"/v3/company/{REALM}/companyinfo/{REALM}"]
+    labels = {"method": "GET", "outcome": "upstream", "code": "200"}
+    # A probe is not a caller's request: it is not counted as proxied traffic.
+    assert stack.metric("qbo_gateway_requests_total", labels) == 0
