@@ -27,6 +27,7 @@ from qbo_gateway.clock import Clock
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.base import StateUnavailable
 from qbo_gateway.state.health_memory import SEVERITY_RANK, AlertRecord, HealthStore, Severity
+from qbo_gateway.workers import park_then_cancel
 
 log = structlog.get_logger(__name__)
 
@@ -421,16 +422,9 @@ class AlertManager:
             self.notifier.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            # Let the store write in hand finish before cancelling (see park_then_cancel).
-            if not self._task.done():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(5.0):
-                        await self._idle.wait()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        # The store write in hand finishes before the worker is cancelled.
+        await park_then_cancel(self._task, self._idle)
+        self._task = None
         if self.notifier is not None:
             await self.notifier.close()
 

@@ -52,8 +52,9 @@ from qbo_gateway.state.base import (
 from qbo_gateway.state.cache_base import CacheBackend
 from qbo_gateway.state.cache_memory import MemoryCacheBackend
 from qbo_gateway.state.cache_redis import RedisCacheBackend
+from qbo_gateway.state.health_fallback import FallbackHealthStore
 from qbo_gateway.state.health_memory import HealthStore, MemoryHealthStore
-from qbo_gateway.state.health_redis import FallbackHealthStore, RedisHealthStore
+from qbo_gateway.state.health_redis import RedisHealthStore
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.locks import MemoryLocks, RedisLocks
 from qbo_gateway.state.redis_client import make_redis

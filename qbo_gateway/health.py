@@ -35,7 +35,7 @@ from qbo_gateway.clock import Clock
 from qbo_gateway.faults import FaultClass
 from qbo_gateway.health_business import BusinessView, entry_json
 from qbo_gateway.health_events import TrafficRules, classify_outcome
-from qbo_gateway.health_history import HistoryBuffer, park_then_cancel
+from qbo_gateway.health_history import HistoryBuffer
 from qbo_gateway.health_probe import CycleReport, ProbeCycle
 from qbo_gateway.health_sla import SLA_TARGETS, Incidents, merge_incidents
 from qbo_gateway.health_stats import HealthFigures, RealmStats, percentile
@@ -58,6 +58,7 @@ from qbo_gateway.state.base import (
     TokenStatus,
 )
 from qbo_gateway.state.health_memory import HealthStore, HistoryEntry
+from qbo_gateway.workers import park_then_cancel
 
 __all__ = [
     "SLA_TARGETS",

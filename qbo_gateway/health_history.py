@@ -17,25 +17,12 @@ import structlog
 from qbo_gateway.clock import Clock
 from qbo_gateway.state.base import StateUnavailable
 from qbo_gateway.state.health_memory import HealthStore, HistoryEntry
+from qbo_gateway.workers import park_then_cancel
 
 log = structlog.get_logger(__name__)
 
 _MAX_BUFFERED = 20000
 _MAX_PER_REALM_FLUSH = 50
-
-
-async def park_then_cancel(
-    task: asyncio.Task[None] | None, idle: asyncio.Event, patience: float = 5.0
-) -> None:
-    """Wait (bounded) until a worker is idle, then cancel it where cancelling is safe."""
-    if task is None or task.done():
-        return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(patience):
-            await idle.wait()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class HistoryBuffer:

@@ -22,13 +22,14 @@ from qbo_gateway.health import HealthMonitor, classify_outcome, merge_incidents
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.base import BreakerState, RealmLoad, TokenStatus
+from qbo_gateway.state.health_fallback import FallbackHealthStore
 from qbo_gateway.state.health_memory import (
     AlertRecord,
     HealthStore,
     HistoryEntry,
     MemoryHealthStore,
 )
-from qbo_gateway.state.health_redis import FallbackHealthStore, RedisHealthStore
+from qbo_gateway.state.health_redis import RedisHealthStore
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer, free_port
