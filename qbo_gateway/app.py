@@ -2,17 +2,14 @@
 
 `build_gateway` constructs every component with its collaborators injected (clock,
 session, registry, state backends) and returns them in one `Gateway`, whose two aiohttp
-applications (proxy and ops) tests can serve on real sockets. `serve` runs them as the
-daemon, with the drain sequence of contract section 1. Nothing below this module reads
-settings or the environment.
+applications (proxy and ops) tests can serve on real sockets; `daemon.serve` runs them.
+Nothing below this module reads settings or the environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,28 +35,14 @@ from qbo_gateway.ops import ComponentState, Readiness, admin_authorized, build_o
 from qbo_gateway.proxy import Proxy
 from qbo_gateway.retry import RetryBudget, RetryPolicy
 from qbo_gateway.settings import Settings, parse_expiry
-from qbo_gateway.state.admission_fallback import FallbackAdmission
-from qbo_gateway.state.admission_memory import MemoryAdmission
-from qbo_gateway.state.admission_redis import RedisAdmission
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.base import (
-    AdmissionBackend,
     AdmissionPolicy,
     Locks,
     TokenStatus,
     TokenStore,
 )
-from qbo_gateway.state.cache_base import CacheBackend
-from qbo_gateway.state.cache_memory import MemoryCacheBackend
-from qbo_gateway.state.cache_redis import RedisCacheBackend
-from qbo_gateway.state.health_fallback import FallbackHealthStore
-from qbo_gateway.state.health_memory import HealthStore, MemoryHealthStore
-from qbo_gateway.state.health_redis import RedisHealthStore
-from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.locks import MemoryLocks, RedisLocks
-from qbo_gateway.state.redis_client import make_redis
-from qbo_gateway.state.tokens_redis import RedisTokenStore
-from qbo_gateway.state.tokens_sqlite import SqliteTokenStore
+from qbo_gateway.state_homes import build_state_homes
 from qbo_gateway.tokens import TokenManager
 from qbo_gateway.upstream import Upstream, make_session
 
@@ -163,40 +146,21 @@ async def build_gateway(
     upstream = Upstream(session)
     cipher = TokenCipher(token_keys(settings))
     policy = admission_policy(settings)
-    redis: Redis | None = None
-    store: TokenStore
-    locks: Locks
-    admission: AdmissionBackend
-    cache_backend: CacheBackend
-    health_store: HealthStore
-    keys = RedisKeys(redis_prefix or settings.redis_prefix)
-    if settings.redis_url:
-        redis = make_redis(settings.redis_url)
-        store = RedisTokenStore(redis, keys, cipher)
-        locks = RedisLocks(redis, keys)
-        availability = BackendAvailability(ping=redis.ping, metrics=metrics)
-        # Production reads Redis TIME (one clock for all replicas); tests inject theirs.
-        script_clock = None if isinstance(clock, SystemClock) else clock
-        admission = FallbackAdmission(
-            RedisAdmission(redis, policy, keys=keys, clock=script_clock),
-            MemoryAdmission(policy.shared_out(settings.replica_count), clock=clock),
-            availability=availability,
-        )
-        cache_backend = RedisCacheBackend(redis, keys)
-        health_store = FallbackHealthStore(
-            RedisHealthStore(redis, history_seconds=settings.health_history_seconds, keys=keys),
-            MemoryHealthStore(history_seconds=settings.health_history_seconds),
-            availability=availability,
-        )
-    else:
-        store = SqliteTokenStore.in_dir(settings.state_dir, cipher)
-        locks = MemoryLocks(clock)
-        availability = BackendAvailability(ping=None, metrics=metrics)
-        admission = MemoryAdmission(policy, clock=clock)
-        cache_backend = MemoryCacheBackend(
-            max_bytes=settings.cache_max_bytes, clock=clock, metrics=metrics
-        )
-        health_store = MemoryHealthStore(history_seconds=settings.health_history_seconds)
+    homes = build_state_homes(
+        redis_url=settings.redis_url,
+        prefix=redis_prefix or settings.redis_prefix,
+        state_dir=settings.state_dir,
+        replica_count=settings.replica_count,
+        history_seconds=settings.health_history_seconds,
+        cache_max_bytes=settings.cache_max_bytes,
+        cipher=cipher,
+        policy=policy,
+        clock=clock,
+        metrics=metrics,
+    )
+    redis, keys, availability = homes.redis, homes.keys, homes.availability
+    store, locks, admission = homes.tokens, homes.locks, homes.admission
+    cache_backend, health_store = homes.cache, homes.health
 
     # The monitor observes the token manager and the proxy, and probes through the proxy:
     # it is built first, with late-bound callables into components built just below.
@@ -371,7 +335,7 @@ def _add_readiness_checks(gw: Gateway, *, cipher_ok: bool) -> None:
         return ComponentState(cipher_ok, "token keys loaded" if cipher_ok else "no usable key")
 
     async def backend_check() -> ComponentState:
-        durable, why = await _durability(gw)
+        durable, why = await store_durability(gw)
         warning = None if durable else why
         if gw.redis is None:
             return ComponentState(True, "embedded (in-process state, SQLite tokens)", warning)
@@ -387,7 +351,7 @@ def _add_readiness_checks(gw: Gateway, *, cipher_ok: bool) -> None:
     gw.readiness.add("state_backend", backend_check)
 
 
-async def _durability(gw: Gateway) -> tuple[bool, str]:
+async def store_durability(gw: Gateway) -> tuple[bool, str]:
     try:
         return await gw.store.durability()
     except Exception as exc:  # noqa: BLE001 - unknown durability is reported, not fatal
@@ -414,63 +378,3 @@ async def _bootstrap_realm(gw: Gateway) -> None:
         imported=imported,
         note=None if imported else "the store already holds this realm; the environment is ignored",
     )
-
-
-async def serve(
-    settings: Settings,
-    *,
-    ready_event: asyncio.Event | None = None,
-    after_build: Callable[[Gateway], Awaitable[None]] | None = None,
-) -> int:
-    """Run both listeners until SIGTERM/SIGINT, then drain (contract section 1)."""
-    gw = await build_gateway(settings)
-    if after_build is not None:
-        await after_build(gw)
-    durable, why = await _durability(gw)
-    if not durable:
-        log.critical("token_store_not_durable", detail=why)
-    proxy_runner = web.AppRunner(
-        gw.proxy_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
-    )
-    ops_runner = web.AppRunner(gw.ops_app, access_log=None, shutdown_timeout=2.0)
-    await proxy_runner.setup()
-    await ops_runner.setup()
-    proxy_site = web.TCPSite(proxy_runner, settings.proxy_host, settings.proxy_port)
-    ops_site = web.TCPSite(ops_runner, settings.ops_host, settings.ops_port)
-    try:
-        await proxy_site.start()
-        await ops_site.start()
-    except OSError as exc:
-        log.critical("listen_failed", error=str(exc))
-        await proxy_runner.cleanup()
-        await ops_runner.cleanup()
-        await gw.close()
-        return 2
-
-    async def listeners_check() -> ComponentState:
-        return ComponentState(True, f"proxy {settings.proxy_host}:{settings.proxy_port}")
-
-    gw.readiness.add("listeners", listeners_check)
-    await gw.start_background()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "started",
-        proxy=f"{settings.proxy_host}:{settings.proxy_port}",
-        ops=f"{settings.ops_host}:{settings.ops_port}",
-        mode="embedded" if settings.embedded else "redis",
-    )
-    if ready_event is not None:
-        ready_event.set()
-    await stop.wait()
-    log.info("draining", timeout_seconds=settings.shutdown_timeout_seconds)
-    gw.readiness.draining = True
-    # Closing the proxy runner stops new connections and waits (bounded) for in-flight
-    # requests; the ops listener stays up meanwhile so probes see 503.
-    await proxy_runner.cleanup()
-    await gw.close()
-    await ops_runner.cleanup()
-    log.info("stopped")
-    return 0

@@ -29,7 +29,7 @@ def _settings_or_exit(**overrides: object) -> Settings:
 
 
 def cmd_serve(_args: argparse.Namespace) -> int:
-    from qbo_gateway.app import serve
+    from qbo_gateway.daemon import serve
 
     settings = _settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)

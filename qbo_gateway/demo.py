@@ -14,7 +14,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from qbo_gateway.app import Gateway, serve
+from qbo_gateway.app import Gateway
+from qbo_gateway.daemon import serve
 from qbo_gateway.logs import configure_logging
 from qbo_gateway.settings import SettingsError, default_state_dir, load_settings
 from qbo_gateway.simulator import Simulator
