@@ -1,5 +1,6 @@
-"""The simulator imports only aiohttp and the standard library, never gateway code, so it
-can never agree with the gateway by sharing one of its mistakes."""
+"""Two parts of the package must stand alone: the simulator, which imports only aiohttp and
+the standard library so it can never agree with the gateway by sharing one of its mistakes,
+and the client, which services install or vendor without the gateway."""
 
 from __future__ import annotations
 
@@ -32,3 +33,16 @@ def test_simulator_imports_only_aiohttp_stdlib_and_itself() -> None:
                 or module.startswith("qbo_gateway.simulator")
             )
             assert allowed, f"{path.name} imports {module}"
+
+
+def test_client_imports_only_aiohttp_stdlib_and_its_own_modules() -> None:
+    package = SIMULATOR.parent
+    for name in ("client.py", "client_sync.py", "client_errors.py"):
+        for module in imported_modules(package / name):
+            top = module.split(".")[0]
+            allowed = (
+                top in sys.stdlib_module_names
+                or top == "aiohttp"
+                or module.startswith("qbo_gateway.client")
+            )
+            assert allowed, f"{name} imports {module}"
