@@ -309,3 +309,31 @@ async def test_redis_outage_under_load_fails_no_request(
     await settle(c)
     status, headers, _b = await c.get(COMPANY, 2, headers={"Cache-Control": "no-cache"})
     assert status == 429 and headers["X-QBO-Gateway-Error"] == "GW-RATE-LIMITED"
+
+
+async def test_retry_policy_through_the_gateway(factory: Any) -> None:
+    c: Cluster = await factory(breaker_failure_threshold=50, cache_stale_seconds=0)
+    reads = f"companyinfo/{REALM}"
+    # A 503 on a read is retried (backoff on the injected clock): the caller sees the 200.
+    c.sim.inject(FaultRule(kind="server_error_html", status=503, times=1, path="companyinfo"))
+    before = len(c.sim.api_requests)
+    status, _h, _b = await c.get(reads)
+    assert status == 200
+    assert len(c.sim.api_requests) - before == 2
+    # A 500 is resubmitted once only, as Intuit says.
+    c.sim.inject(FaultRule(kind="server_error", path="companyinfo"))
+    before = len(c.sim.api_requests)
+    status, _h, _b = await c.get(reads)
+    assert status == 500
+    assert len(c.sim.api_requests) - before == 2
+    c.sim.clear_faults()
+    # A write that QBO may have received is never repeated.
+    c.sim.inject(FaultRule(kind="server_error_html", status=503, times=1, path="customer"))
+    before = len(c.sim.api_requests)
+    assert await post_customer(c) == 503
+    assert len(c.sim.api_requests) - before == 1
+    registry = c.gateways[0].metrics.registry
+    assert (
+        registry.get_sample_value("qbo_gateway_upstream_retries_total", {"cause": "status_503"})
+        == 1
+    )
