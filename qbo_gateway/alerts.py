@@ -13,7 +13,6 @@ field, retrying with exponential backoff.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import deque
@@ -27,7 +26,7 @@ from qbo_gateway.clock import Clock
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.base import StateUnavailable
 from qbo_gateway.state.health_memory import SEVERITY_RANK, AlertRecord, HealthStore, Severity
-from qbo_gateway.workers import park_then_cancel
+from qbo_gateway.workers import DrainWorker
 
 log = structlog.get_logger(__name__)
 
@@ -161,48 +160,29 @@ class WebhookNotifier:
         self._max_delay = max_delay
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._queue: deque[Notification] = deque(maxlen=max_queue)
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
+        self._worker = DrainWorker(
+            has_work=lambda: bool(self._queue),
+            step=lambda: self._deliver(self._queue.popleft()),
+            on_error=lambda exc: log.error("alert_delivery_crashed", error=type(exc).__name__),
+        )
         self.delivery_delays: deque[tuple[float, float]] = deque(maxlen=1000)
 
     def submit(self, note: Notification) -> None:
         if len(self._queue) == self._queue.maxlen:
             self._metrics.alert_deliveries.labels(result="dropped").inc()
         self._queue.append(note)
-        self._idle.clear()
-        self._wake.set()
+        self._worker.wake()
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._worker.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        # A delivery in its backoff is cut off: webhook retries must not hold up a shutdown.
+        await self._worker.stop(park=False)
 
     async def drained(self) -> None:
         """Wait until every submitted notification was delivered or given up on."""
-        await self._idle.wait()
-
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            note = self._queue.popleft()
-            try:
-                await self._deliver(note)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - delivery must never kill the loop
-                log.error("alert_delivery_crashed", error=type(exc).__name__)
+        await self._worker.drained()
 
     async def _deliver(self, note: Notification) -> None:
         payload = webhook_payload(note)
@@ -297,10 +277,9 @@ class AlertManager:
         self._by_realm: dict[str, dict[str, AlertRecord]] = {}
         self._resolved: deque[AlertRecord] = deque(maxlen=keep_resolved)
         self._ops: deque[_Op] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
+        self._worker = DrainWorker(
+            has_work=lambda: bool(self._ops), step=self._apply_next, on_error=_store_failed
+        )
         self.raised_delays: deque[float] = deque(maxlen=1000)
 
     # -- the decision (sync, request path) --
@@ -408,23 +387,20 @@ class AlertManager:
 
     async def flush(self) -> None:
         """Wait until every queued store write is done (or run them inline if not started)."""
-        if self._task is None or self._task.done():
-            while self._ops:
-                await self._apply(self._ops.popleft())
-            self._idle.set()
+        if self._worker.running:
+            await self._worker.drained()
             return
-        await self._idle.wait()
+        while self._ops:
+            await self._apply_next()
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._worker.start()
         if self.notifier is not None:
             self.notifier.start()
 
     async def close(self) -> None:
         # The store write in hand finishes before the worker is cancelled.
-        await park_then_cancel(self._task, self._idle)
-        self._task = None
+        await self._worker.stop()
         if self.notifier is not None:
             await self.notifier.close()
 
@@ -457,23 +433,16 @@ class AlertManager:
 
     def _enqueue(self, op: _Op) -> None:
         self._ops.append(op)
-        self._idle.clear()
-        self._wake.set()
+        self._worker.wake()
 
-    async def _run(self) -> None:
-        while True:
-            if not self._ops:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            op = self._ops.popleft()
-            try:
-                await self._apply(op)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one bad write must not stop alerts
-                log.error("alert_store_failed", op=op.kind, error=type(exc).__name__)
+    async def _apply_next(self) -> None:
+        op = self._ops.popleft()
+        try:
+            await self._apply(op)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad write must not stop alerts
+            log.error("alert_store_failed", op=op.kind, error=type(exc).__name__)
 
     async def _apply(self, op: _Op) -> None:
         if op.kind == "upsert" and op.alert is not None:
@@ -516,3 +485,7 @@ class AlertManager:
     def _notify(self, event: str, alert: AlertRecord, detected_at: float) -> None:
         if self.notifier is not None:
             self.notifier.submit(Notification(event, alert, detected_at))
+
+
+def _store_failed(exc: Exception) -> None:
+    log.error("alert_store_failed", error=type(exc).__name__)

@@ -9,7 +9,6 @@ hand first, because cancelling redis-py in the middle of a command can leave the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import structlog
@@ -17,7 +16,7 @@ import structlog
 from qbo_gateway.clock import Clock
 from qbo_gateway.state.base import StateUnavailable
 from qbo_gateway.state.health_memory import HealthStore, HistoryEntry
-from qbo_gateway.workers import park_then_cancel
+from qbo_gateway.workers import DrainWorker
 
 log = structlog.get_logger(__name__)
 
@@ -33,10 +32,9 @@ class HistoryBuffer:
         self.clock = clock
         self._buffer: dict[str, list[HistoryEntry]] = {}
         self._buffered = 0
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
+        self._worker = DrainWorker(
+            has_work=lambda: bool(self._buffer), step=self.flush_now, on_error=_write_failed
+        )
 
     def add(self, realm_id: str, entry: HistoryEntry) -> None:
         if self._buffered >= _MAX_BUFFERED:
@@ -47,8 +45,7 @@ class HistoryBuffer:
             self._buffered -= 1
         items.append(entry)
         self._buffered += 1
-        self._idle.clear()
-        self._wake.set()
+        self._worker.wake()
 
     async def flush_now(self) -> None:
         if not self._buffer:
@@ -59,35 +56,22 @@ class HistoryBuffer:
         except StateUnavailable:
             log.warning("health_history_write_skipped", realms=len(batch))
 
-    async def _loop(self) -> None:
-        while True:
-            if not self._buffer:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                await self.flush_now()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - history is best effort
-                log.error("health_history_write_failed", error=type(exc).__name__)
-
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._worker.start()
 
     async def stop(self) -> None:
         """Let the write in hand finish, stop the writer, then store what is left."""
-        self._wake.set()
-        await park_then_cancel(self._task, self._idle)
-        self._task = None
+        await self._worker.stop()
         with contextlib.suppress(Exception):
             await self.flush_now()
 
     async def flush(self) -> None:
         """Wait until buffered entries are stored (written here if no writer runs)."""
-        if self._task is None or self._task.done():
-            await self.flush_now()
+        if self._worker.running:
+            await self._worker.drained()
         else:
-            await self._idle.wait()
+            await self.flush_now()
+
+
+def _write_failed(exc: Exception) -> None:
+    log.error("health_history_write_failed", error=type(exc).__name__)
