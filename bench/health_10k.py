@@ -23,13 +23,14 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qbo_gateway.admission.records import BreakerState, RealmLoad
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.faults import FaultClass
-from qbo_gateway.health import HealthMonitor
-from qbo_gateway.health_api import add_health_routes
+from qbo_gateway.health.monitor import HealthMonitor
+from qbo_gateway.health.store_memory import MemoryHealthStore
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.state.base import BreakerState, RealmLoad, TokenStatus
-from qbo_gateway.state.health_memory import MemoryHealthStore
+from qbo_gateway.ops.health_api import add_health_routes
+from qbo_gateway.tokens.records import TokenStatus
 
 DAY = 86400.0
 

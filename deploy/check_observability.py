@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from qbo_gateway.metrics import Metrics  # noqa: E402 - needs the path set just above
-from qbo_gateway.state.base import BreakerState  # noqa: E402 - as above
+from qbo_gateway.admission.records import BreakerState  # noqa: E402 - as above
 
 RULES = ROOT / "deploy/prometheus/qbo-gateway.rules.yaml"
 RULE_TESTS = ROOT / "deploy/prometheus/qbo-gateway.rules.test.yaml"

@@ -19,32 +19,34 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from qbo_gateway.alerts import AlertThresholds
-from qbo_gateway.cache import ResponseCache
-from qbo_gateway.callers import CallerRegistry, load_callers
+from qbo_gateway.admission.gate import Admitter
+from qbo_gateway.admission.records import AdmissionPolicy
+from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
+from qbo_gateway.backends import build_state_homes
+from qbo_gateway.cache.read_through import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
-from qbo_gateway.connect import ConnectFlow, MemoryOAuthStates, RedisOAuthStates, connect_routes
-from qbo_gateway.crypto import TokenCipher, load_or_create_key_file
-from qbo_gateway.health import HealthMonitor
-from qbo_gateway.health_api import add_health_routes
-from qbo_gateway.limits import Admitter
+from qbo_gateway.health.alerts import AlertThresholds
+from qbo_gateway.health.monitor import HealthMonitor
 from qbo_gateway.logs import register_secrets
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.oauth import OAuthClient
-from qbo_gateway.ops import ComponentState, Readiness, admin_authorized, build_ops_app
-from qbo_gateway.proxy import Proxy
-from qbo_gateway.retry import RetryBudget, RetryPolicy
+from qbo_gateway.oauth.connect import (
+    ConnectFlow,
+    MemoryOAuthStates,
+    RedisOAuthStates,
+    connect_routes,
+)
+from qbo_gateway.oauth.intuit import OAuthClient
+from qbo_gateway.ops.health_api import add_health_routes
+from qbo_gateway.ops.listener import ComponentState, Readiness, admin_authorized, build_ops_app
+from qbo_gateway.proxy.callers import CallerRegistry, load_callers
+from qbo_gateway.proxy.handler import Proxy
+from qbo_gateway.proxy.upstream import Upstream, make_session
 from qbo_gateway.settings import Settings, parse_expiry
 from qbo_gateway.state.availability import BackendAvailability
-from qbo_gateway.state.base import (
-    AdmissionPolicy,
-    Locks,
-    TokenStatus,
-    TokenStore,
-)
-from qbo_gateway.state_homes import build_state_homes
-from qbo_gateway.tokens import TokenManager
-from qbo_gateway.upstream import Upstream, make_session
+from qbo_gateway.state.locks import Locks
+from qbo_gateway.tokens.crypto import TokenCipher, load_or_create_key_file
+from qbo_gateway.tokens.manager import TokenManager
+from qbo_gateway.tokens.records import TokenStatus, TokenStore
 
 log = structlog.get_logger(__name__)
 

@@ -29,7 +29,7 @@ def _settings_or_exit(**overrides: object) -> Settings:
 
 
 def cmd_serve(_args: argparse.Namespace) -> int:
-    from qbo_gateway.daemon import serve
+    from qbo_gateway.commands.serve import serve
 
     settings = _settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
@@ -37,7 +37,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from qbo_gateway.demo import run_demo
+    from qbo_gateway.commands.demo import run_demo
 
     return asyncio.run(run_demo(simulator_port=args.simulator_port))
 
@@ -70,7 +70,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(_args: argparse.Namespace) -> int:
-    from qbo_gateway.config_check import check_config
+    from qbo_gateway.commands.check_config import check_config
 
     try:
         settings = load_settings()
@@ -86,14 +86,14 @@ def cmd_check_config(_args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(_args: argparse.Namespace) -> int:
-    from qbo_gateway.crypto import generate_key
+    from qbo_gateway.tokens.crypto import generate_key
 
     print(generate_key())
     return 0
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    import qbo_gateway.token_cli as token_cli
+    import qbo_gateway.commands.tokens as token_cli
 
     settings = _settings_or_exit()
     configure_logging("warning", settings.log_format)
@@ -116,7 +116,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    import qbo_gateway.token_cli as token_cli
+    import qbo_gateway.commands.tokens as token_cli
 
     settings = _settings_or_exit()
     configure_logging("warning", settings.log_format)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
+from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.faults import FaultClass
-from qbo_gateway.state.base import BreakerState, TokenRecord
+from qbo_gateway.tokens.records import TokenRecord
 
 TokenEvent = Literal[
     "refreshed",  # a refresh stored a new pair

@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from qbo_gateway.clock import ManualClock
-from qbo_gateway.state.admission_memory import MemoryAdmission
-from qbo_gateway.state.admission_redis import RedisAdmission
-from qbo_gateway.state.base import (
+from qbo_gateway.admission.backend_memory import MemoryAdmission
+from qbo_gateway.admission.backend_redis import RedisAdmission
+from qbo_gateway.admission.records import (
     Admission,
     AdmissionBackend,
     AdmissionPolicy,
@@ -23,6 +22,7 @@ from qbo_gateway.state.base import (
     RefusalReason,
     Verdict,
 )
+from qbo_gateway.clock import ManualClock
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer

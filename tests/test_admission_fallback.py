@@ -11,19 +11,19 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from qbo_gateway.clock import ManualClock
-from qbo_gateway.metrics import Metrics
-from qbo_gateway.state.admission_fallback import FallbackAdmission
-from qbo_gateway.state.admission_memory import MemoryAdmission
-from qbo_gateway.state.admission_redis import RedisAdmission
-from qbo_gateway.state.availability import BackendAvailability
-from qbo_gateway.state.base import (
+from qbo_gateway.admission.backend_memory import MemoryAdmission
+from qbo_gateway.admission.backend_redis import RedisAdmission
+from qbo_gateway.admission.fallback import FallbackAdmission
+from qbo_gateway.admission.records import (
     Admission,
     AdmissionPolicy,
     Outcome,
     RefusalReason,
     Verdict,
 )
+from qbo_gateway.clock import ManualClock
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer

@@ -11,17 +11,18 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from qbo_gateway.alerts import (
+from qbo_gateway.admission.records import BreakerState, RealmLoad
+from qbo_gateway.clock import ManualClock
+from qbo_gateway.health.alerts import (
     AlertThresholds,
     expiry_severity,
     failures_severity,
     slow_severity,
 )
-from qbo_gateway.clock import ManualClock
-from qbo_gateway.health import HealthMonitor
+from qbo_gateway.health.monitor import HealthMonitor
+from qbo_gateway.health.store_memory import AlertRecord
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.state.base import BreakerState, RealmLoad, TokenRecord
-from qbo_gateway.state.health_memory import AlertRecord
+from qbo_gateway.tokens.records import TokenRecord
 from tests.test_health import DAY, FakeGateway, fail, make_monitor, ok
 
 T = AlertThresholds()

@@ -18,7 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from qbo_gateway.cache import (
+from qbo_gateway.cache.backend_memory import MemoryCacheBackend
+from qbo_gateway.cache.backend_redis import RedisCacheBackend
+from qbo_gateway.cache.read_through import (
     ResponseCache,
     allows_fresh,
     allows_stale,
@@ -38,8 +40,6 @@ from qbo_gateway.faults import (
 )
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import NullObserver
-from qbo_gateway.state.cache_memory import MemoryCacheBackend
-from qbo_gateway.state.cache_redis import RedisCacheBackend
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer, free_port

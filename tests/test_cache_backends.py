@@ -13,12 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from qbo_gateway.cache.backend_memory import MemoryCacheBackend
+from qbo_gateway.cache.backend_redis import RedisCacheBackend
+from qbo_gateway.cache.records import CacheBackend, CachedEntry, CorruptEntry
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.state.base import StateUnavailable
-from qbo_gateway.state.cache_base import CacheBackend, CachedEntry, CorruptEntry
-from qbo_gateway.state.cache_memory import MemoryCacheBackend
-from qbo_gateway.state.cache_redis import RedisCacheBackend
+from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer, free_port

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from qbo_gateway.client import (
+from qbo_gateway.client.gateway_client import (
     CircuitOpen,
     GatewayUnreachable,
     QBOFault,
@@ -23,7 +23,7 @@ from qbo_gateway.client import (
     QueryResult,
     UnknownRealm,
 )
-from qbo_gateway.client_sync import QBOGatewaySyncClient
+from qbo_gateway.client.sync import QBOGatewaySyncClient
 from qbo_gateway.simulator import FaultRule
 from tests.harness import OTHER_REALM, REALM, Stack, start_stack, stop_stack
 from tests.redis_server import free_port

@@ -15,24 +15,24 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from qbo_gateway.clock import ManualClock
-from qbo_gateway.connect import (
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.oauth.connect import (
     CALLBACK_PATH,
     ConnectFlow,
     MemoryOAuthStates,
     OAuthStates,
     RedisOAuthStates,
 )
-from qbo_gateway.connect import connect_routes as make_routes
-from qbo_gateway.crypto import TokenCipher, generate_key
-from qbo_gateway.metrics import Metrics
-from qbo_gateway.oauth import OAuthClient
+from qbo_gateway.oauth.connect import connect_routes as make_routes
+from qbo_gateway.oauth.intuit import OAuthClient
 from qbo_gateway.observe import NullObserver
 from qbo_gateway.simulator import SIM_CLIENT_ID, SIM_CLIENT_SECRET, Simulator
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.locks import MemoryLocks
 from qbo_gateway.state.redis_client import make_redis
-from qbo_gateway.state.tokens_sqlite import SqliteTokenStore
-from qbo_gateway.tokens import TokenManager
+from qbo_gateway.tokens.crypto import TokenCipher, generate_key
+from qbo_gateway.tokens.manager import TokenManager
+from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
 from tests.redis_server import RedisServer
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from qbo_gateway.crypto import (
+from qbo_gateway.tokens.crypto import (
     InvalidKeys,
     TokenCipher,
     TokenDecryptError,
@@ -19,7 +19,7 @@ from qbo_gateway.crypto import (
     parse_keys,
     seal_record,
 )
-from qbo_gateway.state.base import TokenRecord
+from qbo_gateway.tokens.records import TokenRecord
 
 
 def test_round_trip_and_realm_binding() -> None:

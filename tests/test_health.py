@@ -16,22 +16,23 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from qbo_gateway.admission.records import BreakerState, RealmLoad
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.faults import FaultClass
-from qbo_gateway.health import HealthMonitor, classify_outcome, merge_incidents
-from qbo_gateway.metrics import Metrics
-from qbo_gateway.state.availability import BackendAvailability
-from qbo_gateway.state.base import BreakerState, RealmLoad, TokenStatus
-from qbo_gateway.state.health_fallback import FallbackHealthStore
-from qbo_gateway.state.health_memory import (
+from qbo_gateway.health.monitor import HealthMonitor, classify_outcome, merge_incidents
+from qbo_gateway.health.store_fallback import FallbackHealthStore
+from qbo_gateway.health.store_memory import (
     AlertRecord,
     HealthStore,
     HistoryEntry,
     MemoryHealthStore,
 )
-from qbo_gateway.state.health_redis import RedisHealthStore
+from qbo_gateway.health.store_redis import RedisHealthStore
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
+from qbo_gateway.tokens.records import TokenStatus
 from tests.redis_server import RedisServer, free_port
 
 DAY = 86400.0

@@ -10,11 +10,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.clock import ManualClock
-from qbo_gateway.health import HealthMonitor
-from qbo_gateway.health_api import add_health_routes, render_status_page
+from qbo_gateway.health.monitor import HealthMonitor
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.state.base import BreakerState
+from qbo_gateway.ops.health_api import add_health_routes, render_status_page
 from tests.test_health import FakeGateway, fail, make_monitor, ok
 
 ADMIN = "s3cret-admin-token"

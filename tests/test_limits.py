@@ -8,19 +8,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from qbo_gateway.admission.backend_memory import MemoryAdmission
+from qbo_gateway.admission.gate import Admitter
+from qbo_gateway.admission.records import Admission, AdmissionPolicy, BreakerState, Outcome
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.faults import CircuitOpen, FaultClass, RateLimited
-from qbo_gateway.limits import Admitter
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import TokenEvent
-from qbo_gateway.state.admission_memory import MemoryAdmission
-from qbo_gateway.state.base import (
-    Admission,
-    AdmissionPolicy,
-    BreakerState,
-    Outcome,
-    TokenRecord,
-)
+from qbo_gateway.tokens.records import TokenRecord
 
 REALM = "4620816365000000001"
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from yarl import URL
 
-from qbo_gateway.retry import (
+from qbo_gateway.admission.records import BreakerState
+from qbo_gateway.admission.retry import (
     Failure,
     RetryBudget,
     RetryPolicy,
     is_read,
     with_requestid,
 )
-from qbo_gateway.state.base import BreakerState
 
 REALM = "123"
 QUERY = "/v3/company/123/query"

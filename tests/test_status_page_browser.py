@@ -19,10 +19,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.clock import ManualClock
-from qbo_gateway.health_api import add_health_routes
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.state.base import BreakerState
+from qbo_gateway.ops.health_api import add_health_routes
 from tests.test_health import FakeGateway, fail, make_monitor, ok
 
 CHROMIUM = Path("/usr/bin/chromium")

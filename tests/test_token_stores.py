@@ -13,13 +13,14 @@ import pytest
 from redis.asyncio import Redis
 
 from qbo_gateway.clock import ManualClock
-from qbo_gateway.crypto import TokenCipher, TokenDecryptError, generate_key
-from qbo_gateway.state.base import Locks, StateUnavailable, TokenRecord, TokenStore
+from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.locks import MemoryLocks, RedisLocks
+from qbo_gateway.state.locks import Locks, MemoryLocks, RedisLocks
 from qbo_gateway.state.redis_client import make_redis
-from qbo_gateway.state.tokens_redis import RedisTokenStore
-from qbo_gateway.state.tokens_sqlite import SqliteTokenStore
+from qbo_gateway.tokens.crypto import TokenCipher, TokenDecryptError, generate_key
+from qbo_gateway.tokens.records import TokenRecord, TokenStore
+from qbo_gateway.tokens.store_redis import RedisTokenStore
+from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
 from tests.redis_server import RedisServer
 
 KEY = generate_key()

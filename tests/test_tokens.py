@@ -17,22 +17,22 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from qbo_gateway import token_cli
 from qbo_gateway.clock import ManualClock
-from qbo_gateway.crypto import TokenCipher, generate_key
+from qbo_gateway.commands import tokens as token_cli
 from qbo_gateway.faults import ReconnectRequired, UnknownRealm, UpstreamUnavailable
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.oauth import OAuthClient
+from qbo_gateway.oauth.intuit import OAuthClient
 from qbo_gateway.settings import Settings
 from qbo_gateway.simulator import SIM_CLIENT_ID, SIM_CLIENT_SECRET, FaultRule, Simulator
 from qbo_gateway.state.availability import BackendAvailability
-from qbo_gateway.state.base import Locks, TokenRecord, TokenStore
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.locks import MemoryLocks, RedisLocks
+from qbo_gateway.state.locks import Locks, MemoryLocks, RedisLocks
 from qbo_gateway.state.redis_client import make_redis
-from qbo_gateway.state.tokens_redis import RedisTokenStore
-from qbo_gateway.state.tokens_sqlite import SqliteTokenStore
-from qbo_gateway.tokens import TokenExists, TokenManager
+from qbo_gateway.tokens.crypto import TokenCipher, generate_key
+from qbo_gateway.tokens.manager import TokenExists, TokenManager
+from qbo_gateway.tokens.records import TokenRecord, TokenStore
+from qbo_gateway.tokens.store_redis import RedisTokenStore
+from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
 from tests.redis_server import RedisServer, free_port
 
 KEY = generate_key()

@@ -1,1 +1,2 @@
-"""State backends: the interfaces (`base`) and their in-process, SQLite and Redis homes."""
+"""What every concept shares about Redis: the one client factory, the key layout, whether the
+backend is reachable right now, named leases, and the one error a backend raises."""

@@ -7,10 +7,12 @@ so a replica whose lease lapsed mid-refresh cannot free a lock another replica n
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from redis.asyncio import Redis
 
 from qbo_gateway.clock import Clock
-from qbo_gateway.state.base import StateUnavailable
+from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
 
@@ -64,3 +66,11 @@ class RedisLocks:
         except REDIS_DOWN_ERRORS as exc:
             raise StateUnavailable(f"redis unreachable: {type(exc).__name__}") from exc
         return bool(done)
+
+
+class Locks(Protocol):
+    """Named leases with an owner: acquire if free or lapsed; release only by the owner."""
+
+    async def acquire(self, name: str, owner: str, lease_seconds: float) -> bool: ...
+
+    async def release(self, name: str, owner: str) -> bool: ...

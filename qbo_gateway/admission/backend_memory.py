@@ -1,0 +1,259 @@
+"""Admission state held in this process: embedded mode, and the fallback while Redis is down.
+
+It implements exactly the algorithm of `lua/admit.lua` and `lua/record.lua` (the same
+behaviour suite runs against both), so a replica that loses Redis keeps the same rules with
+its shared-out share of the limits. Every method runs without an `await` between reading
+and writing a realm's state, which makes each call atomic within the event loop.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qbo_gateway.admission.records import (
+    Admission,
+    AdmissionPolicy,
+    BreakerState,
+    Outcome,
+    RealmLoad,
+    RefusalReason,
+    Verdict,
+)
+from qbo_gateway.clock import Clock
+
+MINUTE = 60.0
+SECOND = 1.0
+# How soon a request without a concurrency slot asks again: short, because a slot usually
+# frees within one upstream round trip.
+WAIT_POLL_SECONDS = 0.05
+
+
+def reopen_seconds(policy: AdmissionPolicy, failed_probes: int, jitter: float) -> float:
+    """Open time after `failed_probes` consecutive failed probes: doubling, capped, jittered.
+
+    Jitter (0..1) takes up to 20% off so replicas' realms do not all probe at one instant;
+    it never goes below the configured recovery time.
+    """
+    grown = min(policy.max_recovery_seconds, policy.recovery_seconds * 2.0**failed_probes)
+    return max(policy.recovery_seconds, grown * (1.0 - 0.2 * jitter))
+
+
+def reserve_time(
+    now: float,
+    policy: AdmissionPolicy,
+    rate: deque[float],
+    batch: deque[float] | None,
+) -> tuple[float, RefusalReason]:
+    """The earliest time a new request may reach QBO without breaking any rolling window.
+
+    Reservations are FIFO (never before the last one); the L-th newest reservation plus the
+    window bounds the next one, so no window of that length ever holds more than L.
+    Also says which budget set that time (the batch one only when it is the tighter).
+    """
+    t = now
+    if rate:
+        t = max(t, rate[-1])
+    if len(rate) >= policy.per_second:
+        t = max(t, rate[-policy.per_second] + SECOND)
+    if len(rate) >= policy.per_minute:
+        t = max(t, rate[-policy.per_minute] + MINUTE)
+    binding = RefusalReason.RATE
+    if batch is not None:
+        by_rate = t
+        if batch:
+            t = max(t, batch[-1])
+        if len(batch) >= policy.batch_per_minute:
+            t = max(t, batch[-policy.batch_per_minute] + MINUTE)
+        if t > by_rate:
+            binding = RefusalReason.BATCH
+    return t, binding
+
+
+@dataclass
+class _Realm:
+    state: BreakerState = BreakerState.CLOSED
+    failures: int = 0
+    generation: int = 0
+    open_until: float = 0.0
+    failed_probes: int = 0
+    probe_id: str | None = None
+    probe_until: float = 0.0
+    cooldown_until: float = 0.0
+    rate: deque[float] = field(default_factory=deque)
+    batch: deque[float] = field(default_factory=deque)
+    leases: dict[str, float] = field(default_factory=dict)
+
+
+def _prune(window: deque[float], before: float) -> None:
+    while window and window[0] <= before:
+        window.popleft()
+
+
+class MemoryAdmission:
+    """`AdmissionBackend` in one process's memory."""
+
+    def __init__(
+        self,
+        policy: AdmissionPolicy,
+        *,
+        clock: Clock,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._random = random
+        self._realms: dict[str, _Realm] = {}
+
+    def _realm(self, realm_id: str) -> _Realm:
+        realm = self._realms.get(realm_id)
+        if realm is None:
+            realm = self._realms[realm_id] = _Realm()
+        return realm
+
+    async def admit(self, realm_id: str, *, batch: bool = False) -> Admission:
+        p = self.policy
+        now = self._clock.now()
+        r = self._realm(realm_id)
+        if r.cooldown_until > now:
+            return Admission(
+                Verdict.REFUSE,
+                reason=RefusalReason.THROTTLED,
+                retry_after=r.cooldown_until - now,
+                generation=r.generation,
+            )
+        becomes_probe = False
+        if r.state is BreakerState.OPEN:
+            if r.open_until > now:
+                return Admission(
+                    Verdict.REFUSE,
+                    reason=RefusalReason.CIRCUIT_OPEN,
+                    retry_after=r.open_until - now,
+                    generation=r.generation,
+                )
+            becomes_probe = True
+        elif r.state is BreakerState.HALF_OPEN:
+            if r.probe_id is not None and r.probe_until > now:
+                return Admission(
+                    Verdict.REFUSE,
+                    reason=RefusalReason.CIRCUIT_OPEN,
+                    retry_after=r.probe_until - now,
+                    generation=r.generation,
+                )
+            becomes_probe = True  # the previous probe never reported: its lease lapsed
+
+        for lease_id, expires in list(r.leases.items()):
+            if expires <= now:
+                del r.leases[lease_id]
+        if len(r.leases) >= p.concurrency:
+            return Admission(
+                Verdict.WAIT, delay=min(WAIT_POLL_SECONDS, p.max_wait), generation=r.generation
+            )
+
+        _prune(r.rate, now - MINUTE)
+        _prune(r.batch, now - MINUTE)
+        t, binding = reserve_time(now, p, r.rate, r.batch if batch else None)
+        delay = t - now
+        if delay > p.max_wait:
+            return Admission(
+                Verdict.REFUSE,
+                reason=binding,
+                retry_after=delay,
+                generation=r.generation,
+            )
+
+        r.rate.append(t)
+        if batch:
+            r.batch.append(t)
+        lease_id = uuid.uuid4().hex
+        r.leases[lease_id] = now + p.lease_seconds + delay
+        transition: BreakerState | None = None
+        if becomes_probe:
+            if r.state is not BreakerState.HALF_OPEN:
+                transition = BreakerState.HALF_OPEN
+            r.state = BreakerState.HALF_OPEN
+            r.generation += 1
+            r.probe_id = lease_id
+            r.probe_until = now + p.lease_seconds + delay
+        return Admission(
+            Verdict.ADMIT,
+            delay=delay,
+            lease_id=lease_id,
+            generation=r.generation,
+            probe=becomes_probe,
+            transition=transition,
+        )
+
+    async def record(
+        self,
+        realm_id: str,
+        admission: Admission,
+        outcome: Outcome,
+        *,
+        retry_after: float | None = None,
+    ) -> BreakerState | None:
+        p = self.policy
+        now = self._clock.now()
+        r = self._realm(realm_id)
+        if admission.lease_id is not None:
+            r.leases.pop(admission.lease_id, None)
+        if outcome is Outcome.THROTTLE:
+            pause = retry_after if retry_after is not None and retry_after > 0 else None
+            r.cooldown_until = max(r.cooldown_until, now + (pause or p.throttle_cooldown))
+        current = admission.generation == r.generation
+        is_probe = current and admission.probe and r.probe_id == admission.lease_id
+        if outcome in (Outcome.THROTTLE, Outcome.ABANDONED):
+            if is_probe:
+                r.probe_id = None  # no verdict on QBO: let the next request probe
+            return None
+        if not current:
+            return None  # it started under an earlier breaker state: no say over this one
+        if outcome is Outcome.SUCCESS:
+            r.failures = 0
+            if r.state is BreakerState.HALF_OPEN and is_probe:
+                r.state = BreakerState.CLOSED
+                r.generation += 1
+                r.failed_probes = 0
+                r.probe_id = None
+                return BreakerState.CLOSED
+            return None
+        # Outcome.FAILURE
+        if r.state is BreakerState.HALF_OPEN:
+            if not is_probe:
+                return None
+            r.state = BreakerState.OPEN
+            r.generation += 1
+            r.open_until = now + reopen_seconds(p, r.failed_probes + 1, self._random())
+            r.failed_probes += 1
+            r.probe_id = None
+            return BreakerState.OPEN
+        if r.state is BreakerState.CLOSED:
+            r.failures += 1
+            if r.failures >= p.failure_threshold:
+                r.state = BreakerState.OPEN
+                r.generation += 1
+                r.open_until = now + p.recovery_seconds
+                r.failed_probes = 0
+                return BreakerState.OPEN
+        return None
+
+    async def load(self, realm_id: str) -> RealmLoad:
+        now = self._clock.now()
+        r = self._realm(realm_id)
+        _prune(r.rate, now - MINUTE)
+        return RealmLoad(
+            breaker=r.state,
+            consecutive_failures=r.failures,
+            open_until=r.open_until if r.state is BreakerState.OPEN else None,
+            cooldown_until=r.cooldown_until if r.cooldown_until > now else None,
+            requests_last_minute=sum(1 for t in r.rate if now - MINUTE < t <= now),
+            requests_last_second=sum(1 for t in r.rate if now - SECOND < t <= now),
+            in_flight=sum(1 for expires in r.leases.values() if expires > now),
+            generation=r.generation,
+        )
+
+    async def close(self) -> None:
+        self._realms.clear()

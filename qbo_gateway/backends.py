@@ -1,0 +1,96 @@
+"""Where shared state lives: one Redis for every replica, or this process (embedded).
+
+`build_state_homes` is the one place that picks the implementation of each state
+interface (token store, refresh locks, admission, cache, health history) for the mode the
+settings ask for, so the composition root wires components without caring which it got.
+In Redis mode each home that must survive an outage is paired with its in-process fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from qbo_gateway.admission.backend_memory import MemoryAdmission
+from qbo_gateway.admission.backend_redis import RedisAdmission
+from qbo_gateway.admission.fallback import FallbackAdmission
+from qbo_gateway.admission.records import AdmissionBackend, AdmissionPolicy
+from qbo_gateway.cache.backend_memory import MemoryCacheBackend
+from qbo_gateway.cache.backend_redis import RedisCacheBackend
+from qbo_gateway.cache.records import CacheBackend
+from qbo_gateway.clock import Clock, SystemClock
+from qbo_gateway.health.store_fallback import FallbackHealthStore
+from qbo_gateway.health.store_memory import HealthStore, MemoryHealthStore
+from qbo_gateway.health.store_redis import RedisHealthStore
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.state.availability import BackendAvailability
+from qbo_gateway.state.keys import RedisKeys
+from qbo_gateway.state.locks import Locks, MemoryLocks, RedisLocks
+from qbo_gateway.state.redis_client import make_redis
+from qbo_gateway.tokens.crypto import TokenCipher
+from qbo_gateway.tokens.records import TokenStore
+from qbo_gateway.tokens.store_redis import RedisTokenStore
+from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
+
+
+@dataclass
+class StateHomes:
+    redis: Redis | None
+    keys: RedisKeys
+    availability: BackendAvailability
+    tokens: TokenStore
+    locks: Locks
+    admission: AdmissionBackend
+    cache: CacheBackend
+    health: HealthStore
+
+
+def build_state_homes(
+    *,
+    redis_url: str | None,
+    prefix: str,
+    state_dir: Path,
+    replica_count: int,
+    history_seconds: float,
+    cache_max_bytes: int,
+    cipher: TokenCipher,
+    policy: AdmissionPolicy,
+    clock: Clock,
+    metrics: Metrics,
+) -> StateHomes:
+    keys = RedisKeys(prefix)
+    if not redis_url:
+        return StateHomes(
+            redis=None,
+            keys=keys,
+            availability=BackendAvailability(ping=None, metrics=metrics),
+            tokens=SqliteTokenStore.in_dir(state_dir, cipher),
+            locks=MemoryLocks(clock),
+            admission=MemoryAdmission(policy, clock=clock),
+            cache=MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),
+            health=MemoryHealthStore(history_seconds=history_seconds),
+        )
+    redis = make_redis(redis_url)
+    availability = BackendAvailability(ping=redis.ping, metrics=metrics)
+    # Production scripts read Redis TIME (one clock for all replicas); tests inject theirs.
+    script_clock = None if isinstance(clock, SystemClock) else clock
+    return StateHomes(
+        redis=redis,
+        keys=keys,
+        availability=availability,
+        tokens=RedisTokenStore(redis, keys, cipher),
+        locks=RedisLocks(redis, keys),
+        admission=FallbackAdmission(
+            RedisAdmission(redis, policy, keys=keys, clock=script_clock),
+            MemoryAdmission(policy.shared_out(replica_count), clock=clock),
+            availability=availability,
+        ),
+        cache=RedisCacheBackend(redis, keys),
+        health=FallbackHealthStore(
+            RedisHealthStore(redis, history_seconds=history_seconds, keys=keys),
+            MemoryHealthStore(history_seconds=history_seconds),
+            availability=availability,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""The subcommands behind `qbo-gateway`: serve, demo, check-config, tokens and connect."""

@@ -1,0 +1,57 @@
+"""`qbo-gateway check-config`: validate settings and files without side effects.
+
+It binds no port and contacts no one (not Intuit, not Redis), so it can run in CI, in an
+init container or on an operator's laptop against the production settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qbo_gateway.proxy.callers import CallersFileError, load_callers
+from qbo_gateway.settings import Settings
+from qbo_gateway.tokens.crypto import InvalidKeys, parse_keys
+
+
+def _writable_dir(path: Path) -> bool:
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def check_config(settings: Settings) -> tuple[list[str], list[str]]:
+    """(problems, notes): problems name the setting at fault; notes say what was checked."""
+    problems: list[str] = []
+    notes: list[str] = [f"environment {settings.environment}, API base {settings.api_base}"]
+    if settings.callers_file is not None:
+        try:
+            callers = load_callers(settings.callers_file)
+            notes.append(f"QBO_CALLERS_FILE: {len(callers)} caller(s)")
+        except CallersFileError as exc:
+            problems.append(str(exc))
+    else:
+        notes.append(f"open mode (no QBO_CALLERS_FILE) on loopback {settings.proxy_host}")
+    keys = settings.token_keys.get_secret_value() if settings.token_keys else ""
+    if keys:
+        try:
+            notes.append(f"QBO_TOKEN_KEYS: {len(parse_keys(keys))} key(s)")
+        except InvalidKeys as exc:
+            problems.append(f"QBO_TOKEN_KEYS: {exc}")
+    else:
+        notes.append("QBO_TOKEN_KEYS unset: embedded mode keeps a generated key file")
+    if settings.embedded:
+        if _writable_dir(settings.state_dir):
+            notes.append(f"QBO_STATE_DIR {settings.state_dir} is writable")
+        else:
+            problems.append(f"QBO_STATE_DIR={settings.state_dir} is not writable")
+    else:
+        notes.append("Redis mode (QBO_REDIS_URL set; not contacted by check-config)")
+    if not settings.client_id or not settings.client_secret.get_secret_value():
+        notes.append("QBO_CLIENT_ID/QBO_CLIENT_SECRET unset: token refresh will fail")
+    if settings.proxy_port == settings.ops_port and settings.proxy_port != 0:
+        problems.append("QBO_PROXY_PORT and QBO_OPS_PORT must differ")
+    return problems, notes

@@ -1,0 +1,82 @@
+"""`qbo-gateway serve`: both listeners in one process, and the drain on SIGTERM.
+
+Contract section 1: on SIGTERM `/readyz` turns 503 at once, the proxy stops taking
+connections and lets in-flight requests finish (bounded by QBO_SHUTDOWN_TIMEOUT_SECONDS),
+a token refresh in progress is never cut off (`Gateway.close` drains them), and the
+process exits 0. The ops listener closes last, so probes see the 503 meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from qbo_gateway.app import Gateway, build_gateway, store_durability
+from qbo_gateway.ops.listener import ComponentState
+from qbo_gateway.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    ready_event: asyncio.Event | None = None,
+    after_build: Callable[[Gateway], Awaitable[None]] | None = None,
+) -> int:
+    """Run both listeners until SIGTERM/SIGINT, then drain (contract section 1)."""
+    gw = await build_gateway(settings)
+    if after_build is not None:
+        await after_build(gw)
+    durable, why = await store_durability(gw)
+    if not durable:
+        log.critical("token_store_not_durable", detail=why)
+    proxy_runner = web.AppRunner(
+        gw.proxy_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
+    )
+    ops_runner = web.AppRunner(gw.ops_app, access_log=None, shutdown_timeout=2.0)
+    await proxy_runner.setup()
+    await ops_runner.setup()
+    proxy_site = web.TCPSite(proxy_runner, settings.proxy_host, settings.proxy_port)
+    ops_site = web.TCPSite(ops_runner, settings.ops_host, settings.ops_port)
+    try:
+        await proxy_site.start()
+        await ops_site.start()
+    except OSError as exc:
+        log.critical("listen_failed", error=str(exc))
+        await proxy_runner.cleanup()
+        await ops_runner.cleanup()
+        await gw.close()
+        return 2
+
+    async def listeners_check() -> ComponentState:
+        return ComponentState(True, f"proxy {settings.proxy_host}:{settings.proxy_port}")
+
+    gw.readiness.add("listeners", listeners_check)
+    await gw.start_background()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "started",
+        proxy=f"{settings.proxy_host}:{settings.proxy_port}",
+        ops=f"{settings.ops_host}:{settings.ops_port}",
+        mode="embedded" if settings.embedded else "redis",
+    )
+    if ready_event is not None:
+        ready_event.set()
+    await stop.wait()
+    log.info("draining", timeout_seconds=settings.shutdown_timeout_seconds)
+    gw.readiness.draining = True
+    # Closing the proxy runner stops new connections and waits (bounded) for in-flight
+    # requests; the ops listener stays up meanwhile so probes see 503.
+    await proxy_runner.cleanup()
+    await gw.close()
+    await ops_runner.cleanup()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,491 @@
+"""Alert rules, the alert lifecycle, and webhook delivery.
+
+Rules are small pure functions (figure in, severity or None out) so every threshold is
+tested with plain numbers. `AlertManager.set_condition` is the one lifecycle entry point:
+called synchronously from the request path, it raises an alert the first time a condition
+holds, changes its severity while it lasts (one alert per realm and kind), and resolves it
+when the condition clears. The decision is made in process at once; storing (possibly in
+Redis) and notifying happen in a background task, so an alert never blocks or fails a
+request. `WebhookNotifier` POSTs each notification as JSON with a Slack-compatible `text`
+field, retrying with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import aiohttp
+import structlog
+
+from qbo_gateway.clock import Clock
+from qbo_gateway.health.store_memory import SEVERITY_RANK, AlertRecord, HealthStore, Severity
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.workers import DrainWorker
+
+log = structlog.get_logger(__name__)
+
+AlertKind = Literal[
+    "consecutive_failures",
+    "slow_responses",
+    "circuit_open",
+    "reconnect_required",
+    "refresh_failing",
+    "refresh_token_expiring",
+    "throttled",
+]
+ALERT_KINDS: tuple[str, ...] = (
+    "consecutive_failures",
+    "slow_responses",
+    "circuit_open",
+    "reconnect_required",
+    "refresh_failing",
+    "refresh_token_expiring",
+    "throttled",
+)
+# Kinds that mean the realm cannot reach QuickBooks: they make incidents (uptime, MTTR).
+OUTAGE_KINDS = frozenset({"consecutive_failures", "circuit_open", "reconnect_required"})
+
+_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    slow_warning: float = 5.0
+    slow_critical: float = 10.0
+    failures_warning: int = 2
+    failures_critical: int = 5
+    expiry_warning_days: float = 14.0
+    expiry_critical_days: float = 3.0
+
+
+# --- rules: a figure in, a severity (or None: condition clear) out ---------------------
+
+
+def failures_severity(consecutive: int, t: AlertThresholds) -> Severity | None:
+    if consecutive >= t.failures_critical:
+        return "critical"
+    if consecutive >= t.failures_warning:
+        return "warning"
+    return None
+
+
+def slow_severity(seconds: float | None, t: AlertThresholds) -> Severity | None:
+    if seconds is None:
+        return None
+    if seconds > t.slow_critical:
+        return "critical"
+    if seconds > t.slow_warning:
+        return "warning"
+    return None
+
+
+def expiry_severity(seconds_left: float | None, t: AlertThresholds) -> Severity | None:
+    if seconds_left is None:
+        return None
+    if seconds_left < t.expiry_critical_days * _DAY:
+        return "critical"
+    if seconds_left < t.expiry_warning_days * _DAY:
+        return "warning"
+    return None
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    # strftime on gmtime is twice as fast as datetime.isoformat; dashboards format ~30k.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def alert_json(alert: AlertRecord) -> dict[str, Any]:
+    """The public shape of an alert (health API and webhook)."""
+    return {
+        "id": alert.id,
+        "realm_id": alert.realm_id,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "state": alert.state,
+        "message": alert.message,
+        "value": alert.value,
+        "started_at": iso(alert.started_at),
+        "raised_at": iso(alert.raised_at),
+        "updated_at": iso(alert.updated_at),
+        "acknowledged_at": iso(alert.acknowledged_at),
+        "acknowledged_by": alert.acknowledged_by,
+        "resolved_at": iso(alert.resolved_at),
+    }
+
+
+# --- webhook delivery ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    event: str  # raised | escalated | resolved
+    alert: AlertRecord
+    detected_at: float
+
+
+class WebhookNotifier:
+    """Delivers notifications to one URL in the background, with retries and backoff.
+
+    A bounded queue drops the oldest notification when the receiver is down for long, so
+    memory stays bounded; `deliveries` keeps (detected -> delivered) delays for the SLA.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        metrics: Metrics,
+        attempts: int = 5,
+        base_delay: float = 1.0,
+        max_delay: float = 30.0,
+        timeout: float = 5.0,
+        max_queue: int = 1000,
+    ) -> None:
+        self.url = url
+        self._session = session
+        self._clock = clock
+        self._metrics = metrics
+        self._attempts = attempts
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._queue: deque[Notification] = deque(maxlen=max_queue)
+        self._worker = DrainWorker(
+            has_work=lambda: bool(self._queue),
+            step=lambda: self._deliver(self._queue.popleft()),
+            on_error=lambda exc: log.error("alert_delivery_crashed", error=type(exc).__name__),
+        )
+        self.delivery_delays: deque[tuple[float, float]] = deque(maxlen=1000)
+
+    def submit(self, note: Notification) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self._metrics.alert_deliveries.labels(result="dropped").inc()
+        self._queue.append(note)
+        self._worker.wake()
+
+    def start(self) -> None:
+        self._worker.start()
+
+    async def close(self) -> None:
+        # A delivery in its backoff is cut off: webhook retries must not hold up a shutdown.
+        await self._worker.stop(park=False)
+
+    async def drained(self) -> None:
+        """Wait until every submitted notification was delivered or given up on."""
+        await self._worker.drained()
+
+    async def _deliver(self, note: Notification) -> None:
+        payload = webhook_payload(note)
+        for attempt in range(1, self._attempts + 1):
+            error: str
+            try:
+                async with self._session.post(
+                    self.url, json=payload, timeout=self._timeout
+                ) as resp:
+                    await resp.read()
+                    if resp.status < 300:
+                        self._metrics.alert_deliveries.labels(result="success").inc()
+                        self.delivery_delays.append(
+                            (self._clock.now(), max(0.0, self._clock.now() - note.detected_at))
+                        )
+                        log.info(
+                            "alert_delivered",
+                            alert_id=note.alert.id,
+                            event=note.event,
+                            attempt=attempt,
+                        )
+                        return
+                    error = f"status {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = type(exc).__name__
+            if attempt == self._attempts:
+                break
+            self._metrics.alert_deliveries.labels(result="retry").inc()
+            delay = min(self._max_delay, self._base_delay * 2 ** (attempt - 1))
+            log.warning(
+                "alert_delivery_retry",
+                alert_id=note.alert.id,
+                attempt=attempt,
+                error=error,
+                retry_in=delay,
+            )
+            await self._clock.sleep(delay)
+        self._metrics.alert_deliveries.labels(result="failure").inc()
+        log.error("alert_delivery_failed", alert_id=note.alert.id, attempts=self._attempts)
+
+
+def webhook_payload(note: Notification) -> dict[str, Any]:
+    a = note.alert
+    icon = {"critical": ":red_circle:", "warning": ":warning:"}.get(a.severity, "")
+    if note.event == "resolved":
+        icon = ":white_check_mark:"
+    text = (
+        f"{icon} [{a.severity.upper()}] qbo-gateway {a.kind} {note.event} "
+        f"for realm {a.realm_id}: {a.message}"
+    )
+    return {"text": text.strip(), "event": note.event, "alert": alert_json(a)}
+
+
+# --- lifecycle ------------------------------------------------------------------------
+
+
+@dataclass
+class _Op:
+    kind: str  # upsert | resolve | sync
+    alert: AlertRecord | None = None
+    realm_id: str = ""
+    alert_kind: str = ""
+    at: float = 0.0
+    detected_at: float = 0.0
+
+
+class AlertManager:
+    """One alert per (realm, kind) while its condition lasts; decided in process at once.
+
+    `_active` is this replica's view of every active alert (its own decisions at once,
+    other replicas' at each `sync`). Store writes run in order in one background task.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: HealthStore,
+        clock: Clock,
+        metrics: Metrics,
+        notifier: WebhookNotifier | None = None,
+        history_seconds: float = 86400.0,
+        keep_resolved: int = 10000,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self.notifier = notifier
+        self._history_seconds = history_seconds
+        self._keep_resolved = keep_resolved
+        self._severity_counts: dict[str, int] = {"warning": 0, "critical": 0}
+        self._active: dict[tuple[str, str], AlertRecord] = {}
+        self._by_realm: dict[str, dict[str, AlertRecord]] = {}
+        self._resolved: deque[AlertRecord] = deque(maxlen=keep_resolved)
+        self._ops: deque[_Op] = deque()
+        self._worker = DrainWorker(
+            has_work=lambda: bool(self._ops), step=self._apply_next, on_error=_store_failed
+        )
+        self.raised_delays: deque[float] = deque(maxlen=1000)
+
+    # -- the decision (sync, request path) --
+
+    def set_condition(
+        self,
+        realm_id: str,
+        kind: str,
+        severity: Severity | None,
+        *,
+        message: str = "",
+        value: float | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        key = (realm_id, kind)
+        current = self._active.get(key)
+        now = self._clock.now()
+        if severity is None:
+            if current is not None:
+                self._forget(key)
+                self._resolved.append(
+                    replace(current, state="resolved", resolved_at=now, updated_at=now)
+                )
+                self._enqueue(_Op("resolve", realm_id=realm_id, alert_kind=kind, at=now))
+            return
+        if current is not None:
+            if current.severity == severity and current.message == message:
+                return
+            updated = replace(
+                current, severity=severity, message=message, value=value, updated_at=now
+            )
+            self._remember(updated)
+            self._enqueue(_Op("upsert", alert=updated, detected_at=now))
+            return
+        alert = AlertRecord(
+            id=uuid.uuid4().hex[:16],
+            realm_id=realm_id,
+            kind=kind,
+            severity=severity,
+            state="active",
+            message=message,
+            started_at=started_at if started_at is not None else now,
+            raised_at=now,
+            updated_at=now,
+            value=value,
+        )
+        self._remember(alert)
+        self.raised_delays.append(0.0)
+        log.warning(
+            "alert_raised", realm_id=realm_id, kind=kind, severity=severity, alert_id=alert.id
+        )
+        self._enqueue(_Op("upsert", alert=alert, detected_at=now))
+
+    def clear_realm(self, realm_id: str) -> None:
+        for kind in list(self._by_realm.get(realm_id, {})):
+            self.set_condition(realm_id, kind, None)
+
+    # -- views (sync, O(1) or O(active)) --
+
+    def active_for(self, realm_id: str) -> dict[str, AlertRecord]:
+        return self._by_realm.get(realm_id, {})
+
+    def active(self) -> list[AlertRecord]:
+        return list(self._active.values())
+
+    def realms_with_alerts(self) -> dict[str, dict[str, AlertRecord]]:
+        return self._by_realm
+
+    def recent_resolved(self) -> list[AlertRecord]:
+        return list(self._resolved)
+
+    def severity_of(self, realm_id: str, kind: str) -> str | None:
+        alert = self._by_realm.get(realm_id, {}).get(kind)
+        return alert.severity if alert else None
+
+    # -- async API (ops routes) --
+
+    async def list_alerts(self) -> list[AlertRecord]:
+        try:
+            stored = await self._store.alerts()
+        except StateUnavailable:
+            stored = self.active() + self.recent_resolved()
+        # Decisions not yet written still show, so the API never lags the request path.
+        seen = {(a.realm_id, a.kind) for a in stored if a.active}
+        pending = [a for k, a in self._active.items() if k not in seen]
+        out = stored + pending
+        out.sort(key=lambda a: a.raised_at, reverse=True)
+        return out
+
+    async def ack(self, alert_id: str, *, by: str = "admin") -> AlertRecord | None:
+        await self.flush()
+        acked = await self._store.ack_alert(alert_id, at=self._clock.now(), by=by)
+        if acked is not None and acked.active:
+            current = self._active.get((acked.realm_id, acked.kind))
+            if current is not None and current.id == acked.id:
+                self._remember(acked)
+        if acked is not None:
+            log.info("alert_acknowledged", alert_id=alert_id, kind=acked.kind)
+        return acked
+
+    async def sync(self) -> None:
+        """Adopt the shared view (other replicas' alerts) and prune old resolved ones."""
+        self._enqueue(_Op("sync"))
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every queued store write is done (or run them inline if not started)."""
+        if self._worker.running:
+            await self._worker.drained()
+            return
+        while self._ops:
+            await self._apply_next()
+
+    def start(self) -> None:
+        self._worker.start()
+        if self.notifier is not None:
+            self.notifier.start()
+
+    async def close(self) -> None:
+        # The store write in hand finishes before the worker is cancelled.
+        await self._worker.stop()
+        if self.notifier is not None:
+            await self.notifier.close()
+
+    # -- internals --
+
+    def _remember(self, alert: AlertRecord) -> None:
+        key = (alert.realm_id, alert.kind)
+        old = self._active.get(key)
+        self._active[key] = alert
+        self._by_realm.setdefault(alert.realm_id, {})[alert.kind] = alert
+        if old is None or old.severity != alert.severity:
+            if old is not None:
+                self._count(old.severity, -1)
+            self._count(alert.severity, 1)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        old = self._active.pop(key, None)
+        kinds = self._by_realm.get(key[0])
+        if kinds is not None:
+            kinds.pop(key[1], None)
+            if not kinds:
+                del self._by_realm[key[0]]
+        if old is not None:
+            self._count(old.severity, -1)
+
+    def _count(self, severity: str, delta: int) -> None:
+        # Kept incrementally: a change costs O(1) however many alerts are active.
+        self._severity_counts[severity] = self._severity_counts.get(severity, 0) + delta
+        self._metrics.alerts_active.labels(severity=severity).set(self._severity_counts[severity])
+
+    def _enqueue(self, op: _Op) -> None:
+        self._ops.append(op)
+        self._worker.wake()
+
+    async def _apply_next(self) -> None:
+        op = self._ops.popleft()
+        try:
+            await self._apply(op)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad write must not stop alerts
+            log.error("alert_store_failed", op=op.kind, error=type(exc).__name__)
+
+    async def _apply(self, op: _Op) -> None:
+        if op.kind == "upsert" and op.alert is not None:
+            result = await self._store.upsert_alert(op.alert)
+            current = self._active.get((op.alert.realm_id, op.alert.kind))
+            if current is not None and current.id == op.alert.id and result.alert.id != current.id:
+                # Another replica raised this episode first: adopt its id.
+                self._remember(result.alert)
+            if result.created:
+                self._notify("raised", result.alert, op.detected_at)
+            elif result.changed and SEVERITY_RANK.get(result.alert.severity, 0) >= 2:
+                self._notify("escalated", result.alert, op.detected_at)
+        elif op.kind == "resolve":
+            resolved = await self._store.resolve_alert(op.realm_id, op.alert_kind, at=op.at)
+            if resolved is not None:
+                log.info("alert_resolved", realm_id=op.realm_id, kind=op.alert_kind)
+                self._notify("resolved", resolved, op.at)
+        elif op.kind == "sync":
+            await self._adopt_shared()
+
+    async def _adopt_shared(self) -> None:
+        now = self._clock.now()
+        await self._store.prune(
+            resolved_before=now - self._history_seconds, keep_resolved=self._keep_resolved
+        )
+        shared = await self._store.alerts()
+        pending = {(op.alert.realm_id, op.alert.kind) for op in self._ops if op.alert is not None}
+        fresh = {(a.realm_id, a.kind): a for a in shared if a.active}
+        for key in list(self._active):
+            if key not in fresh and key not in pending:
+                self._forget(key)
+        for key, alert in fresh.items():
+            if key not in pending and self._active.get(key) != alert:
+                self._remember(alert)
+        self._resolved.clear()
+        self._resolved.extend(
+            sorted((a for a in shared if not a.active), key=lambda a: a.resolved_at or 0.0)
+        )
+
+    def _notify(self, event: str, alert: AlertRecord, detected_at: float) -> None:
+        if self.notifier is not None:
+            self.notifier.submit(Notification(event, alert, detected_at))
+
+
+def _store_failed(exc: Exception) -> None:
+    log.error("alert_store_failed", error=type(exc).__name__)

@@ -1,0 +1,79 @@
+"""One word per realm and for the whole gateway: healthy, degraded, unhealthy, needs_reconnect.
+
+Every view (summary, dashboard, business, admin check), the realm gauge and the probe
+cycle grade realms the same way, so the rule lives here once: a pure function of the
+in-memory figures and the active alerts.
+"""
+
+from __future__ import annotations
+
+from qbo_gateway.admission.records import BreakerState
+from qbo_gateway.health.alerts import AlertManager
+from qbo_gateway.health.stats import HealthFigures
+from qbo_gateway.metrics import Metrics
+
+STATUSES = ("healthy", "degraded", "unhealthy", "needs_reconnect")
+STATUS_RANK = {"needs_reconnect": 0, "unhealthy": 1, "degraded": 2, "healthy": 3}
+
+
+def realm_status(figures: HealthFigures, alerts: AlertManager, realm_id: str, now: float) -> str:
+    token = figures.tokens.get(realm_id)
+    active = alerts.active_for(realm_id)
+    stats = figures.stats.get(realm_id)
+    if (token is not None and token.needs_reconnect) or "reconnect_required" in active:
+        return "needs_reconnect"
+    if "circuit_open" in active or (stats is not None and stats.breaker is BreakerState.OPEN):
+        return "unhealthy"
+    failures = active.get("consecutive_failures")
+    if failures is not None and failures.severity == "critical":
+        return "unhealthy"
+    if (
+        token is not None
+        and token.access_expires_at <= now
+        and (token.refresh_failing or "refresh_failing" in active)
+    ):
+        return "unhealthy"
+    for kind, alert in active.items():
+        if kind != "refresh_token_expiring" or alert.severity == "critical":
+            return "degraded"
+    if stats is not None and (
+        stats.breaker is BreakerState.HALF_OPEN
+        or (stats.last_stale_at is not None and stats.last_stale_at > now - figures.interval)
+    ):
+        return "degraded"
+    return "healthy"
+
+
+def status_counts(
+    figures: HealthFigures, alerts: AlertManager, now: float
+) -> tuple[dict[str, int], dict[str, str]]:
+    counts = dict.fromkeys(STATUSES, 0)
+    by_realm: dict[str, str] = {}
+    for realm_id in figures.realms:
+        status = realm_status(figures, alerts, realm_id, now)
+        counts[status] += 1
+        by_realm[realm_id] = status
+    return counts, by_realm
+
+
+def set_realm_gauge(metrics: Metrics, counts: dict[str, int]) -> None:
+    for status, n in counts.items():
+        metrics.realms.labels(status=status).set(n)
+
+
+def update_realm_gauge(
+    figures: HealthFigures, alerts: AlertManager, metrics: Metrics, now: float
+) -> dict[str, int]:
+    counts, _ = status_counts(figures, alerts, now)
+    set_realm_gauge(metrics, counts)
+    return counts
+
+
+def overall_status(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    down = counts["unhealthy"] + counts["needs_reconnect"]
+    if total and down * 2 >= total:
+        return "unhealthy"
+    if down or counts["degraded"]:
+        return "degraded"
+    return "healthy"

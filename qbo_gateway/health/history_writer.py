@@ -1,0 +1,77 @@
+"""Buffered history writes, so observing a request never waits on (or fails with) the store.
+
+Events are appended to a bounded in-memory buffer and a background task writes them in
+batches. When the writer falls far behind, history entries are dropped while the in-memory
+aggregates keep counting. Workers stop through `park_then_cancel`: they finish the write in
+hand first, because cancelling redis-py in the middle of a command can leave the connection
+(and with it the shutdown) waiting for a long time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import structlog
+
+from qbo_gateway.clock import Clock
+from qbo_gateway.health.store_memory import HealthStore, HistoryEntry
+from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.workers import DrainWorker
+
+log = structlog.get_logger(__name__)
+
+_MAX_BUFFERED = 20000
+_MAX_PER_REALM_FLUSH = 50
+
+
+class HistoryBuffer:
+    """The history writer: `add` is sync and O(1); a background task stores batches."""
+
+    def __init__(self, *, store: HealthStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._buffer: dict[str, list[HistoryEntry]] = {}
+        self._buffered = 0
+        self._worker = DrainWorker(
+            has_work=lambda: bool(self._buffer), step=self.flush_now, on_error=_write_failed
+        )
+
+    def add(self, realm_id: str, entry: HistoryEntry) -> None:
+        if self._buffered >= _MAX_BUFFERED:
+            return  # the writer is far behind; aggregates still count, history skips
+        items = self._buffer.setdefault(realm_id, [])
+        if len(items) >= _MAX_PER_REALM_FLUSH:
+            items.pop(0)
+            self._buffered -= 1
+        items.append(entry)
+        self._buffered += 1
+        self._worker.wake()
+
+    async def flush_now(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer, self._buffered = self._buffer, {}, 0
+        try:
+            await self.store.record(batch, now=self.clock.now())
+        except StateUnavailable:
+            log.warning("health_history_write_skipped", realms=len(batch))
+
+    def start(self) -> None:
+        self._worker.start()
+
+    async def stop(self) -> None:
+        """Let the write in hand finish, stop the writer, then store what is left."""
+        await self._worker.stop()
+        with contextlib.suppress(Exception):
+            await self.flush_now()
+
+    async def flush(self) -> None:
+        """Wait until buffered entries are stored (written here if no writer runs)."""
+        if self._worker.running:
+            await self._worker.drained()
+        else:
+            await self.flush_now()
+
+
+def _write_failed(exc: Exception) -> None:
+    log.error("health_history_write_failed", error=type(exc).__name__)

@@ -1,0 +1,223 @@
+"""The monitor loop: which realms to probe each interval, and the frequent housekeeping.
+
+A probe is a billed QBO read, so a cycle probes only realms that had no successful live
+request within the interval (live traffic already proves a busy realm healthy) and skips
+realms that must be reconnected. Across replicas, one lease per realm and interval in the
+store decides who probes; if the store is down, this replica probes rather than leave the
+realm unwatched. Probes go through the same admission path as proxied calls (the injected
+`probe`), a few at a time. After probing, the cycle catches up with state other replicas
+changed (closed circuits) and with time (ended throttles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from qbo_gateway.admission.records import BreakerState, RealmLoad
+from qbo_gateway.clock import Clock
+from qbo_gateway.health.alerts import AlertManager, iso
+from qbo_gateway.health.grading import update_realm_gauge
+from qbo_gateway.health.stats import HealthFigures
+from qbo_gateway.health.store_memory import HealthStore
+from qbo_gateway.health.token_rules import TokenRules
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.state.errors import StateUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class CycleReport:
+    at: float = 0.0
+    realms: int = 0
+    probed: int = 0
+    skipped_busy: int = 0
+    skipped_leased: int = 0
+    skipped_reconnect: int = 0
+    errors: int = 0
+    duration: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": iso(self.at),
+            "realms": self.realms,
+            "probed": self.probed,
+            "skipped_busy": self.skipped_busy,
+            "skipped_leased": self.skipped_leased,
+            "skipped_reconnect": self.skipped_reconnect,
+            "errors": self.errors,
+            "duration_seconds": round(self.duration, 3),
+        }
+
+
+class ProbeCycle:
+    """Runs cycles on demand or every `figures.interval` while monitoring is started."""
+
+    def __init__(
+        self,
+        *,
+        figures: HealthFigures,
+        alerts: AlertManager,
+        tokens: TokenRules,
+        store: HealthStore,
+        clock: Clock,
+        metrics: Metrics,
+        load: Callable[[str], Awaitable[RealmLoad]],
+        probe: Callable[[str], Awaitable[None]],
+        owner: str,
+        probe_concurrency: int,
+    ) -> None:
+        self.figures = figures
+        self.alerts = alerts
+        self.tokens = tokens
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.owner = owner
+        self._load = load
+        self._probe = probe
+        self._probe_concurrency = probe_concurrency
+        self._monitor_task: asyncio.Task[None] | None = None
+        self.last_cycle: CycleReport | None = None
+
+    @property
+    def monitoring(self) -> bool:
+        return self._monitor_task is not None and not self._monitor_task.done()
+
+    def monitor_json(self) -> dict[str, Any]:
+        return {
+            "running": self.monitoring,
+            "interval_seconds": self.figures.interval,
+            "history_seconds": self.figures.history_seconds,
+            "last_cycle": self.last_cycle.to_json() if self.last_cycle else None,
+        }
+
+    async def run_cycle(self) -> CycleReport:
+        """One monitor pass: probe each idle realm this replica holds the lease for."""
+        figures = self.figures
+        interval = figures.interval
+        started = self.clock.monotonic()
+        now = self.clock.now()
+        report = CycleReport(at=now)
+        await self.tokens.refresh(force=True)
+        report.realms = len(figures.realms)
+        todo: list[str] = []
+        for realm_id in sorted(figures.realms):
+            token = figures.tokens.get(realm_id)
+            if token is not None and token.needs_reconnect:
+                report.skipped_reconnect += 1
+                continue
+            stats = figures.stats.get(realm_id)
+            if (
+                stats is not None
+                and stats.last_live_success_at is not None
+                and stats.last_live_success_at > now - interval
+            ):
+                report.skipped_busy += 1
+                continue
+            try:
+                lease = await self.store.acquire_probe(
+                    realm_id, owner=self.owner, now=now, interval=interval
+                )
+            except StateUnavailable:
+                lease = "acquired"
+            if lease == "busy":
+                report.skipped_busy += 1
+            elif lease == "held":
+                report.skipped_leased += 1
+            else:
+                todo.append(realm_id)
+        self.metrics.health_checks.labels(result="skipped_busy").inc(report.skipped_busy)
+        gate = asyncio.Semaphore(self._probe_concurrency)
+
+        async def one(realm_id: str) -> None:
+            async with gate:
+                try:
+                    await self._probe(realm_id)
+                    report.probed += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one realm's probe must not stop others
+                    report.errors += 1
+                    self.metrics.health_checks.labels(result="error").inc()
+                    log.warning("health_probe_error", realm_id=realm_id, error=type(exc).__name__)
+
+        await asyncio.gather(*(one(r) for r in todo))
+        await self._reconcile_breakers()
+        self.expire_throttles(self.clock.now())
+        update_realm_gauge(figures, self.alerts, self.metrics, self.clock.now())
+        report.duration = self.clock.monotonic() - started
+        self.last_cycle = report
+        log.info("health_cycle", **report.to_json())
+        return report
+
+    async def _reconcile_breakers(self) -> None:
+        # The replica that closed a circuit reports it; others learn it here.
+        for realm_id, kinds in list(self.alerts.realms_with_alerts().items()):
+            if "circuit_open" not in kinds:
+                continue
+            try:
+                load = await self._load(realm_id)
+            except Exception:  # noqa: BLE001, S112 - unknown now; the next cycle retries
+                continue
+            if load.breaker is BreakerState.CLOSED:
+                self.figures.stats_for(realm_id).breaker = BreakerState.CLOSED
+                self.alerts.set_condition(realm_id, "circuit_open", None)
+
+    def expire_throttles(self, now: float) -> None:
+        for realm_id, kinds in list(self.alerts.realms_with_alerts().items()):
+            alert = kinds.get("throttled")
+            if alert is None:
+                continue
+            stats = self.figures.stats.get(realm_id)
+            until = stats.throttled_until if stats is not None else None
+            if until is None:
+                until = alert.raised_at + 60.0
+            if until <= now:
+                if stats is not None:
+                    stats.throttled_until = None
+                self.alerts.set_condition(realm_id, "throttled", None)
+
+    async def housekeeping(self) -> None:
+        """The frequent background chores: throttles end, token rules, shared alerts."""
+        self.expire_throttles(self.clock.now())
+        with contextlib.suppress(StateUnavailable):
+            await self.alerts.sync()
+        try:
+            await self.tokens.refresh()
+        except Exception as exc:  # noqa: BLE001 - token state unreadable now; retry next tick
+            log.warning("health_token_refresh_failed", error=type(exc).__name__)
+        update_realm_gauge(self.figures, self.alerts, self.metrics, self.clock.now())
+
+    async def start(self) -> bool:
+        if self.monitoring:
+            return False
+        self._monitor_task = asyncio.get_running_loop().create_task(self._monitor_loop())
+        log.info("health_monitor_started", interval=self.figures.interval)
+        return True
+
+    async def stop(self) -> bool:
+        task, self._monitor_task = self._monitor_task, None
+        if task is None or task.done():
+            return False
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        log.info("health_monitor_stopped")
+        return True
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            try:
+                await self.run_cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop outlives one bad cycle
+                log.error("health_cycle_failed", error=type(exc).__name__)
+            await self.clock.sleep(self.figures.interval)

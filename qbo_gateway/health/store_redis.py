@@ -1,0 +1,269 @@
+"""Health history, alerts and probe leases shared through Redis by every replica.
+
+History is a sorted set per realm (score = time), trimmed by age and count on every
+write, so storage stays bounded. Alerts live in one hash: `alert:<id>` holds the record and
+`active:<realm>:<kind>` points at the one active episode, so two replicas seeing the same
+condition raise one alert (and only the one that created it notifies). The probe lease and
+the "a live request succeeded lately" mark share the realm's hash tag, so one script
+decides "busy / held / acquired" atomically, and it works on Redis Cluster.
+
+Times come from the injected clock as arguments (tests move time; in production every
+replica's wall clock is NTP-synced and the lease has slack). Redis errors become
+`StateUnavailable`; `state/health_fallback.FallbackHealthStore` then serves from an
+in-process store.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from qbo_gateway.health.store_memory import (
+    AlertRecord,
+    HistoryEntry,
+    LeaseResult,
+    UpsertResult,
+    lease_length,
+)
+from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.state.keys import RedisKeys
+from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
+
+T = TypeVar("T")
+
+_ACQUIRE = """
+local last = redis.call('GET', KEYS[2])
+local now = tonumber(ARGV[2])
+if last and tonumber(last) > now - tonumber(ARGV[3]) then return 'busy' end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  if tonumber(string.sub(cur, 1, sep - 1)) > now then return 'held' end
+end
+redis.call('SET', KEYS[1], ARGV[4] .. '|' .. ARGV[1], 'PX', ARGV[5])
+return 'acquired'
+"""
+
+# ARGV: active field, new id, new json. Returns {created, changed, json}.
+_UPSERT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local doc = redis.call('HGET', KEYS[1], 'alert:' .. cur)
+  if doc then
+    local a = cjson.decode(doc)
+    local n = cjson.decode(ARGV[3])
+    if a['severity'] == n['severity'] and a['message'] == n['message'] then
+      return {0, 0, doc}
+    end
+    local escalated = 0
+    if a['severity'] ~= n['severity'] then escalated = 1 end
+    a['severity'] = n['severity']
+    a['message'] = n['message']
+    a['value'] = n['value']
+    a['updated_at'] = n['updated_at']
+    doc = cjson.encode(a)
+    redis.call('HSET', KEYS[1], 'alert:' .. cur, doc)
+    return {0, escalated, doc}
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'alert:' .. ARGV[2], ARGV[3])
+return {1, 1, ARGV[3]}
+"""
+
+_RESOLVE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local doc = redis.call('HGET', KEYS[1], 'alert:' .. cur)
+if not doc then return false end
+local a = cjson.decode(doc)
+a['state'] = 'resolved'
+a['resolved_at'] = tonumber(ARGV[2])
+a['updated_at'] = tonumber(ARGV[2])
+doc = cjson.encode(a)
+redis.call('HSET', KEYS[1], 'alert:' .. cur, doc)
+return doc
+"""
+
+_ACK = """
+local doc = redis.call('HGET', KEYS[1], 'alert:' .. ARGV[1])
+if not doc then return false end
+local a = cjson.decode(doc)
+if a['state'] ~= 'resolved' then a['state'] = 'acknowledged' end
+a['acknowledged_at'] = tonumber(ARGV[2])
+a['acknowledged_by'] = ARGV[3]
+doc = cjson.encode(a)
+redis.call('HSET', KEYS[1], 'alert:' .. ARGV[1], doc)
+return doc
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _active_field(realm_id: str, kind: str) -> str:
+    return f"active:{realm_id}:{kind}"
+
+
+class RedisHealthStore:
+    """`HealthStore` on Redis. Every method raises `StateUnavailable` when Redis is down."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        history_seconds: float,
+        keys: RedisKeys | None = None,
+        max_entries_per_realm: int = 500,
+    ) -> None:
+        self.history_seconds = history_seconds
+        self.max_entries = max_entries_per_realm
+        self._redis = redis
+        self._keys = keys or RedisKeys()
+        self._acquire: AsyncScript = redis.register_script(_ACQUIRE)
+        self._upsert: AsyncScript = redis.register_script(_UPSERT)
+        self._resolve: AsyncScript = redis.register_script(_RESOLVE)
+        self._ack: AsyncScript = redis.register_script(_ACK)
+
+    def _last_ok_key(self, realm_id: str) -> str:
+        return self._keys.realm_key(realm_id, "last-live-ok")
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await op()
+        except REDIS_DOWN_ERRORS as exc:
+            raise StateUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def record(self, entries: dict[str, list[HistoryEntry]], *, now: float) -> None:
+        if not entries:
+            return
+        ttl_ms = int(self.history_seconds * 1000) + 60_000
+        cutoff = now - self.history_seconds
+
+        async def op() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for realm_id, items in entries.items():
+                key = self._keys.health_history(realm_id)
+                members: dict[str, float] = {}
+                last_live = 0.0
+                for entry in items:
+                    # A nonce keeps two identical outcomes in one instant as two members.
+                    doc = entry.to_json()[:-1] + f',"n":"{uuid.uuid4().hex[:8]}"}}'
+                    members[doc] = entry.at
+                    if entry.live and entry.ok:
+                        last_live = max(last_live, entry.at)
+                pipe.zadd(key, members)
+                pipe.zremrangebyscore(key, "-inf", f"({cutoff}")
+                pipe.zremrangebyrank(key, 0, -(self.max_entries + 1))
+                pipe.pexpire(key, ttl_ms)
+                if last_live:
+                    pipe.set(self._last_ok_key(realm_id), repr(last_live), px=ttl_ms)
+            await pipe.execute()
+
+        await self._call(op)
+
+    async def history(self, realm_id: str, *, since: float, limit: int) -> list[HistoryEntry]:
+        if limit <= 0:
+            return []
+        key = self._keys.health_history(realm_id)
+
+        async def op() -> list[Any]:
+            raw: list[Any] = await self._redis.zrevrangebyscore(
+                key, "+inf", since, start=0, num=limit
+            )
+            return raw
+
+        raw = await self._call(op)
+        return [HistoryEntry.from_json(item) for item in reversed(raw)]
+
+    async def acquire_probe(
+        self, realm_id: str, *, owner: str, now: float, interval: float
+    ) -> LeaseResult:
+        keys = [self._keys.monitor_lease(realm_id), self._last_ok_key(realm_id)]
+        until = now + lease_length(interval)
+        args: list[str | int] = [
+            owner,
+            repr(now),
+            repr(interval),
+            repr(until),
+            max(1, math.ceil(interval * 2000)),
+        ]
+
+        async def op() -> Any:
+            return await self._acquire(keys=keys, args=args)
+
+        result = _text(await self._call(op))
+        if result == "busy":
+            return "busy"
+        if result == "held":
+            return "held"
+        return "acquired"
+
+    async def upsert_alert(self, alert: AlertRecord) -> UpsertResult:
+        args = [_active_field(alert.realm_id, alert.kind), alert.id, alert.to_json()]
+
+        async def op() -> Any:
+            return await self._upsert(keys=[self._keys.alerts()], args=args)
+
+        created, changed, doc = await self._call(op)
+        return UpsertResult(
+            AlertRecord.from_json(doc), created=bool(int(created)), changed=bool(int(changed))
+        )
+
+    async def resolve_alert(self, realm_id: str, kind: str, *, at: float) -> AlertRecord | None:
+        args = [_active_field(realm_id, kind), repr(at)]
+
+        async def op() -> Any:
+            return await self._resolve(keys=[self._keys.alerts()], args=args)
+
+        doc = await self._call(op)
+        return AlertRecord.from_json(doc) if doc else None
+
+    async def ack_alert(self, alert_id: str, *, at: float, by: str) -> AlertRecord | None:
+        args = [alert_id, repr(at), by]
+
+        async def op() -> Any:
+            return await self._ack(keys=[self._keys.alerts()], args=args)
+
+        doc = await self._call(op)
+        return AlertRecord.from_json(doc) if doc else None
+
+    async def alerts(self) -> list[AlertRecord]:
+        async def op() -> dict[Any, Any]:
+            raw: dict[Any, Any] = await self._redis.hgetall(self._keys.alerts())
+            return raw
+
+        raw = await self._call(op)
+        return [
+            AlertRecord.from_json(doc)
+            for name, doc in raw.items()
+            if _text(name).startswith("alert:")
+        ]
+
+    async def prune(self, *, resolved_before: float, keep_resolved: int) -> int:
+        resolved = sorted(
+            (a for a in await self.alerts() if not a.active), key=lambda a: a.resolved_at or 0.0
+        )
+        excess = max(0, len(resolved) - keep_resolved)
+        drop = [
+            f"alert:{a.id}"
+            for i, a in enumerate(resolved)
+            if i < excess or (a.resolved_at or 0.0) < resolved_before
+        ]
+        if not drop:
+            return 0
+
+        async def op() -> int:
+            removed: int = await self._redis.hdel(self._keys.alerts(), *drop)
+            return removed
+
+        return await self._call(op)
+
+    async def close(self) -> None:
+        return None

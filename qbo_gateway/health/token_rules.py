@@ -1,0 +1,182 @@
+"""Token health rules: what token events and stored token statuses mean for alerts.
+
+Token trouble reaches the monitor two ways: events from this replica's `TokenManager`
+(refreshed, refresh_failed, reconnect_required, ...) and the shared token store, which
+another replica may have changed. Both feed the same alerts (`refresh_failing`,
+`reconnect_required`, `refresh_token_expiring`); the expiry rule depends on the passing of
+time, so it is re-run on every reload as well as on every event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import structlog
+
+from qbo_gateway.clock import Clock
+from qbo_gateway.health.alerts import AlertManager, AlertThresholds, expiry_severity
+from qbo_gateway.health.stats import HealthFigures
+from qbo_gateway.observe import TokenEvent
+from qbo_gateway.tokens.records import TokenRecord, TokenStatus
+
+log = structlog.get_logger(__name__)
+
+
+class TokenRules:
+    """Keeps `figures.tokens`/`figures.realms` current and the token alerts in step."""
+
+    def __init__(
+        self,
+        *,
+        figures: HealthFigures,
+        alerts: AlertManager,
+        clock: Clock,
+        thresholds: AlertThresholds,
+        realm_ids: Callable[[], Awaitable[list[str]]],
+        token_statuses: Callable[[], Awaitable[list[TokenStatus]]],
+        status_cache_seconds: float,
+    ) -> None:
+        self.figures = figures
+        self.alerts = alerts
+        self.clock = clock
+        self.thresholds = thresholds
+        self._realm_ids = realm_ids
+        self._token_statuses = token_statuses
+        self._status_cache_seconds = status_cache_seconds
+
+    def event(self, realm_id: str, event: TokenEvent, record: TokenRecord | None) -> None:
+        now = self.clock.now()
+        figures = self.figures
+        if event == "removed":
+            figures.tokens.pop(realm_id, None)
+            figures.realms.discard(realm_id)
+            figures.stats.pop(realm_id, None)
+            self.alerts.clear_realm(realm_id)
+            return
+        figures.realms.add(realm_id)
+        previous = figures.tokens.get(realm_id)
+        if record is not None:
+            figures.tokens[realm_id] = TokenStatus(
+                realm_id=realm_id,
+                access_expires_at=record.access_expires_at,
+                refresh_expires_at=record.refresh_expires_at,
+                refresh_hard_expires_at=record.refresh_hard_expires_at,
+                needs_reconnect=record.needs_reconnect,
+                version=record.version,
+                last_refresh_at=record.updated_at
+                if event == "refreshed"
+                else (previous.last_refresh_at if previous else None),
+                refresh_failing=False,
+            )
+        status = figures.tokens.get(realm_id)
+        if event == "refresh_failed":
+            if status is not None:
+                figures.tokens[realm_id] = replace(status, refresh_failing=True)
+            valid = status is not None and status.access_expires_at > now
+            self.alerts.set_condition(
+                realm_id,
+                "refresh_failing",
+                "warning",
+                message="Token refresh is failing"
+                + ("; the access token is still valid" if valid else ""),
+            )
+        elif event == "reconnect_required":
+            if status is not None:
+                figures.tokens[realm_id] = replace(status, needs_reconnect=True)
+            self.alerts.set_condition(realm_id, "refresh_failing", None)
+            self.alerts.set_condition(
+                realm_id,
+                "reconnect_required",
+                "critical",
+                message="Intuit refused the refresh token; the realm must be reconnected",
+            )
+        else:  # refreshed, reconnected, imported
+            if status is not None and status.needs_reconnect and record is None:
+                figures.tokens[realm_id] = replace(status, needs_reconnect=False)
+            self.alerts.set_condition(realm_id, "refresh_failing", None)
+            self.alerts.set_condition(realm_id, "reconnect_required", None)
+        self.evaluate_expiry(realm_id, now)
+
+    def evaluate_expiry(self, realm_id: str, now: float) -> None:
+        status = self.figures.tokens.get(realm_id)
+        if status is None or status.needs_reconnect:
+            self.alerts.set_condition(realm_id, "refresh_token_expiring", None)
+            return
+        ends = [
+            (t, label)
+            for t, label in (
+                (status.refresh_expires_at, "expires"),
+                (status.refresh_hard_expires_at, "reaches its hard expiry"),
+            )
+            if t is not None
+        ]
+        if not ends:
+            self.alerts.set_condition(realm_id, "refresh_token_expiring", None)
+            return
+        end, label = min(ends)
+        left = end - now
+        severity = expiry_severity(left, self.thresholds)
+        if severity is None:
+            self.alerts.set_condition(realm_id, "refresh_token_expiring", None)
+            return
+        days = max(0, math.ceil(left / 86400))
+        self.alerts.set_condition(
+            realm_id,
+            "refresh_token_expiring",
+            severity,
+            message=f"The refresh token {label} in under {days} day{'s' if days != 1 else ''}",
+            value=round(left / 86400, 2),
+        )
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Reload realm ids and token statuses (cached for a few seconds) and re-run the
+        token rules, which depend on the passing of time (expiry)."""
+        now = self.clock.now()
+        figures = self.figures
+        if (
+            not force
+            and figures.realms_loaded_at is not None
+            and now - figures.realms_loaded_at < self._status_cache_seconds
+        ):
+            return
+        realms = await self._realm_ids()
+        statuses = await self._token_statuses()
+        figures.realms = set(realms) | {s.realm_id for s in statuses}
+        figures.tokens = {s.realm_id: s for s in statuses}
+        figures.realms_loaded_at = now
+        for realm_id, status in figures.tokens.items():
+            active = self.alerts.active_for(realm_id)
+            if status.needs_reconnect:
+                if "reconnect_required" not in active:
+                    self.alerts.set_condition(
+                        realm_id,
+                        "reconnect_required",
+                        "critical",
+                        message="Intuit refused the refresh token; the realm must be reconnected",
+                    )
+            elif "reconnect_required" in active:
+                self.alerts.set_condition(realm_id, "reconnect_required", None)
+            failing = active.get("refresh_failing")
+            if status.refresh_failing and failing is None:
+                self.alerts.set_condition(
+                    realm_id, "refresh_failing", "warning", message="Token refresh is failing"
+                )
+            elif (
+                failing is not None
+                and not status.refresh_failing
+                and status.last_refresh_at is not None
+                and status.last_refresh_at >= failing.raised_at
+            ):
+                self.alerts.set_condition(realm_id, "refresh_failing", None)
+            self.evaluate_expiry(realm_id, now)
+        for realm_id in list(self.alerts.realms_with_alerts()):
+            if realm_id not in figures.realms:
+                self.alerts.clear_realm(realm_id)
+
+    async def refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # noqa: BLE001 - serve the cached view rather than fail
+            log.warning("health_token_refresh_failed", error=type(exc).__name__)

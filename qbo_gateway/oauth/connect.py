@@ -1,0 +1,206 @@
+"""Connecting a new realm: Intuit's authorization-code flow with PKCE.
+
+`GET /oauth/connect` sends the browser to Intuit with a fresh `state` and an S256 code
+challenge; `GET /oauth/callback` takes the state back exactly once (it expires, and a
+replayed callback finds nothing), exchanges the code with the matching verifier and stores
+the realm's tokens. State lives in the state backend, so with Redis the callback may land on
+any replica.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+
+from qbo_gateway.clock import Clock
+from qbo_gateway.oauth.intuit import (
+    InvalidClient,
+    InvalidGrant,
+    OAuthClient,
+    OAuthError,
+    new_pkce,
+    new_state,
+)
+from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.state.keys import RedisKeys
+from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
+from qbo_gateway.tokens.manager import TokenManager
+from qbo_gateway.tokens.records import TokenRecord
+
+log = structlog.get_logger(__name__)
+
+STATE_TTL = 600.0
+CONNECT_PATH = "/oauth/connect"
+CALLBACK_PATH = "/oauth/callback"
+
+
+class ConnectError(Exception):
+    """The callback cannot complete; `status` is what the browser is answered with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OAuthStates(Protocol):
+    async def put(self, state: str, data: dict[str, str], ttl: float) -> None: ...
+
+    async def take(self, state: str) -> dict[str, str] | None: ...
+
+
+class MemoryOAuthStates:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._states: dict[str, tuple[dict[str, str], float]] = {}
+
+    async def put(self, state: str, data: dict[str, str], ttl: float) -> None:
+        now = self._clock.now()
+        self._states = {k: v for k, v in self._states.items() if v[1] > now}  # drop lapsed
+        self._states[state] = (dict(data), now + ttl)
+
+    async def take(self, state: str) -> dict[str, str] | None:
+        entry = self._states.pop(state, None)
+        if entry is None or entry[1] <= self._clock.now():
+            return None
+        return entry[0]
+
+
+class RedisOAuthStates:
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def put(self, state: str, data: dict[str, str], ttl: float) -> None:
+        try:
+            await self._redis.set(
+                self._keys.oauth_state(state), json.dumps(data), px=max(1, int(ttl * 1000))
+            )
+        except REDIS_DOWN_ERRORS as exc:
+            raise StateUnavailable(f"redis unreachable: {type(exc).__name__}") from exc
+
+    async def take(self, state: str) -> dict[str, str] | None:
+        try:
+            raw = await self._redis.getdel(self._keys.oauth_state(state))  # single use
+        except REDIS_DOWN_ERRORS as exc:
+            raise StateUnavailable(f"redis unreachable: {type(exc).__name__}") from exc
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
+@dataclass
+class ConnectFlow:
+    oauth: OAuthClient
+    tokens: TokenManager
+    states: OAuthStates
+    redirect_uri: str
+    state_ttl: float = STATE_TTL
+
+    async def start(self) -> str:
+        """A fresh authorize URL (its state and verifier are kept for the callback)."""
+        state = new_state()
+        pkce = new_pkce()
+        await self.states.put(
+            state, {"verifier": pkce.verifier, "redirect_uri": self.redirect_uri}, self.state_ttl
+        )
+        return self.oauth.authorize_url(
+            redirect_uri=self.redirect_uri, state=state, code_challenge=pkce.challenge
+        )
+
+    async def complete(self, *, code: str, state: str, realm_id: str) -> TokenRecord:
+        if not realm_id.isdigit():
+            raise ConnectError("the callback carries no valid realmId")
+        if not code or not state:
+            raise ConnectError("the callback carries no code or state")
+        kept = await self.states.take(state)
+        if kept is None:
+            raise ConnectError("unknown, used or expired state: start the connection again")
+        try:
+            grant = await self.oauth.exchange_code(
+                code, redirect_uri=kept["redirect_uri"], code_verifier=kept["verifier"]
+            )
+        except InvalidGrant as exc:
+            raise ConnectError("Intuit refused the authorization code: start again") from exc
+        except InvalidClient as exc:
+            log.error("oauth_connect_invalid_client", error=str(exc))
+            raise ConnectError("Intuit refused the app's client credentials", 502) from exc
+        except OAuthError as exc:
+            raise ConnectError(f"Intuit's token endpoint failed: {exc}", 502) from exc
+        record = await self.tokens.import_tokens(
+            realm_id,
+            grant.refresh_token,
+            grant.access_token,
+            grant.access_expires_at,
+            force=True,
+            refresh_expires_at=grant.refresh_expires_at,
+            refresh_hard_expires_at=grant.refresh_hard_expires_at,
+        )
+        log.info("realm_connected", realm_id=realm_id, version=record.version)
+        return record
+
+
+Guard = Callable[[web.Request], Awaitable[bool]]
+
+
+def connect_routes(
+    flow: ConnectFlow,
+    *,
+    guard: Guard | None = None,
+    connect_path: str = CONNECT_PATH,
+    callback_path: str = CALLBACK_PATH,
+    on_connected: Callable[[TokenRecord], None] | None = None,
+) -> list[web.RouteDef]:
+    """`GET /oauth/connect` (behind `guard`, e.g. the admin check) and `GET /oauth/callback`
+    (protected by the single-use state)."""
+
+    async def connect(request: web.Request) -> web.StreamResponse:
+        if guard is not None and not await guard(request):
+            return web.json_response({"error": "admin authorization required"}, status=401)
+        try:
+            url = await flow.start()
+        except StateUnavailable:
+            return _page(503, "The state backend is unreachable; try again shortly.")
+        raise web.HTTPFound(url, headers={"Cache-Control": "no-store"})
+
+    async def callback(request: web.Request) -> web.StreamResponse:
+        query = request.query
+        if "error" in query:
+            reason = query.get("error", "")[:64]
+            return _page(400, f"Intuit did not authorize the connection ({reason}).")
+        try:
+            record = await flow.complete(
+                code=query.get("code", ""),
+                state=query.get("state", ""),
+                realm_id=query.get("realmId", ""),
+            )
+        except ConnectError as exc:
+            log.warning("oauth_callback_refused", reason=str(exc))
+            return _page(exc.status, str(exc))
+        except StateUnavailable:
+            return _page(503, "The state backend is unreachable; try again shortly.")
+        if on_connected is not None:
+            on_connected(record)
+        return _page(200, f"Realm {record.realm_id} is connected to the gateway.")
+
+    return [web.get(connect_path, connect), web.get(callback_path, callback)]
+
+
+def _page(status: int, message: str) -> web.Response:
+    body = (
+        "<!doctype html><html><head><title>qbo-gateway</title></head>"
+        f"<body><p>{html.escape(message)}</p></body></html>"
+    )
+    return web.Response(
+        status=status,
+        text=body,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store"},
+    )

@@ -1,0 +1,187 @@
+"""One refresh of one realm, done while holding the realm's lock.
+
+Intuit rotates refresh tokens and the old one may die at once, so what happens between
+taking the lock and releasing it decides whether a realm survives: re-read the store and
+re-check (another replica may have refreshed already), call the token endpoint with a few
+retries, and store the new pair durably (compare-and-set on the version) before anyone
+uses it. A refused grant is told apart from a refresh token rotated under us, so a realm
+is flagged for reconnection only when its refresh token is really dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import structlog
+
+from qbo_gateway.clock import Clock
+from qbo_gateway.faults import ReconnectRequired, UnknownRealm
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.oauth.intuit import (
+    InvalidClient,
+    InvalidGrant,
+    OAuthClient,
+    OAuthError,
+    TokenGrant,
+    TransientTokenError,
+)
+from qbo_gateway.observe import Observer
+from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.tokens.local_copy import TokenMemory
+from qbo_gateway.tokens.policy import Mode, RefreshPolicy
+from qbo_gateway.tokens.records import TokenRecord, TokenStore
+from qbo_gateway.tokens.refresh_log import RefreshLedger
+
+log = structlog.get_logger(__name__)
+
+TOKEN_ATTEMPTS = 3
+BACKOFF_BASE = 0.5  # seconds before the second attempt; doubles, with jitter
+STORE_ATTEMPTS = 6
+
+
+class LockedRefresh:
+    def __init__(
+        self,
+        *,
+        store: TokenStore,
+        oauth: OAuthClient,
+        clock: Clock,
+        metrics: Metrics,
+        observer: Observer,
+        memory: TokenMemory,
+        ledger: RefreshLedger,
+        policy: RefreshPolicy,
+        token_timeout: float,
+    ) -> None:
+        self._store = store
+        self._oauth = oauth
+        self._clock = clock
+        self._metrics = metrics
+        self._observer = observer
+        self._memory = memory
+        self._ledger = ledger
+        self._policy = policy
+        self._token_timeout = token_timeout
+
+    async def run(self, realm_id: str, mode: Mode, used_token: str | None) -> TokenRecord:
+        """The realm's refreshed record, or the current one when no refresh is needed."""
+        current = await self._memory.read(realm_id)
+        if current is None:
+            raise UnknownRealm(f"no tokens for realm {realm_id}")
+        if current.needs_reconnect and mode is not Mode.FORCE:
+            raise ReconnectRequired(f"realm {realm_id} must be reconnected")
+        if mode is not Mode.FORCE and not self._policy.needs(current, mode, used_token, None):
+            return current
+        try:
+            grant = await self._call_token_endpoint(realm_id, current)
+        except InvalidGrant:
+            return await self._invalid_grant(realm_id, current)
+        except InvalidClient as exc:
+            config_error = "Intuit refused the app's client id/secret (invalid_client)"
+            self._ledger.client_refused(realm_id, config_error, self._clock.now())
+            self._metrics.token_refreshes.labels(result="invalid_client").inc()
+            log.error(
+                "token_refresh_invalid_client", error=str(exc), fix="check QBO_CLIENT_ID/SECRET"
+            )
+            return self._policy.fallback(current, mode, config_error)
+        except OAuthError as exc:
+            self._ledger.failed(realm_id, str(exc), self._clock.now())
+            self._metrics.token_refreshes.labels(result="failure").inc()
+            log.warning("token_refresh_failed", realm_id=realm_id, error=str(exc))
+            self._observer.token_event(realm_id, "refresh_failed", current)
+            return self._policy.fallback(current, mode, str(exc))
+        return await self._store_grant(realm_id, current, grant)
+
+    async def _call_token_endpoint(self, realm_id: str, current: TokenRecord) -> TokenGrant:
+        for attempt in range(1, TOKEN_ATTEMPTS + 1):
+            try:
+                return await asyncio.wait_for(
+                    self._oauth.refresh(current.refresh_token), self._token_timeout
+                )
+            except TimeoutError as exc:
+                error: TransientTokenError = TransientTokenError("token endpoint timed out")
+                error.__cause__ = exc
+            except TransientTokenError as exc:
+                error = exc
+            if attempt == TOKEN_ATTEMPTS:
+                raise error
+            delay = BACKOFF_BASE * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+            log.warning("token_refresh_retry", realm_id=realm_id, attempt=attempt, error=str(error))
+            await self._clock.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _invalid_grant(self, realm_id: str, current: TokenRecord) -> TokenRecord:
+        # Another replica (or an import) may have rotated the token under us: look once.
+        again = await self._store.get(realm_id)
+        if again is not None and again.refresh_token != current.refresh_token:
+            self._memory.remember(again)
+            if again.needs_reconnect:
+                raise ReconnectRequired(f"realm {realm_id} must be reconnected")
+            return again
+        self._metrics.token_refreshes.labels(result="invalid_grant").inc()
+        self._ledger.grant_refused(realm_id)
+        flagged = current
+        if again is not None and not again.needs_reconnect:
+            stored = await self._store.put(
+                again.with_changes(needs_reconnect=True), expected_version=again.version
+            )
+            flagged = stored or again.with_changes(needs_reconnect=True)
+        elif again is not None:
+            flagged = again
+        self._memory.remember(flagged)
+        log.error("token_reconnect_required", realm_id=realm_id)
+        self._observer.token_event(realm_id, "reconnect_required", flagged)
+        raise ReconnectRequired(f"realm {realm_id} must be reconnected")
+
+    async def _store_grant(
+        self, realm_id: str, current: TokenRecord, grant: TokenGrant
+    ) -> TokenRecord:
+        now = self._clock.now()
+        fresh = current.with_changes(
+            access_token=grant.access_token,
+            refresh_token=grant.refresh_token,
+            access_expires_at=grant.access_expires_at,
+            refresh_expires_at=grant.refresh_expires_at or current.refresh_expires_at,
+            refresh_hard_expires_at=grant.refresh_hard_expires_at
+            or current.refresh_hard_expires_at,
+            needs_reconnect=False,
+            updated_at=now,
+        )
+        stored = await self._put_durably(realm_id, fresh, current.version)
+        self._metrics.token_refreshes.labels(result="success").inc()
+        self._ledger.succeeded(realm_id, now)
+        log.info("token_refreshed", realm_id=realm_id, version=stored.version)
+        if current.needs_reconnect:
+            self._observer.token_event(realm_id, "reconnected", stored)
+        self._observer.token_event(realm_id, "refreshed", stored)
+        return stored
+
+    async def _put_durably(self, realm_id: str, fresh: TokenRecord, base: int) -> TokenRecord:
+        """Store a new pair before anyone uses it; the only copy must never be dropped."""
+        delay = 0.1
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                stored = await self._store.put(fresh, expected_version=base)
+            except StateUnavailable as exc:
+                log.error("token_store_retry", realm_id=realm_id, attempt=attempt, error=str(exc))
+                await self._clock.sleep(delay)
+                delay *= 2
+                continue
+            if stored is None:
+                # Someone wrote past us despite the lock (an import or connect): theirs is
+                # an operator's choice and newer; our pair is superseded.
+                winner = await self._store.get(realm_id)
+                log.warning("token_refresh_superseded", realm_id=realm_id)
+                if winner is None:
+                    raise UnknownRealm(f"realm {realm_id} was removed during a refresh")
+                self._memory.remember(winner)
+                return winner
+            self._memory.settle(realm_id)
+            self._memory.remember(stored)
+            return stored
+        # The backend stayed down: keep the only copy in memory, serve it, and store it as
+        # soon as the backend answers (before any further refresh of this realm).
+        self._memory.hold(realm_id, fresh, base)
+        log.critical("token_store_failed_pending", realm_id=realm_id)
+        return fresh

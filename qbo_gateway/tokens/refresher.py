@@ -1,0 +1,88 @@
+"""The background refresher: refresh every realm before a request has to wait for it.
+
+Requests refresh a token only when it is inside the margin, and a realm nobody calls would
+let its refresh token age out (Intuit expects each to be used at least daily). A periodic
+pass refreshes whatever is due, a few realms at a time, through the same single-flight and
+lock as requests. It is also where pairs held in memory during a backend outage are stored
+once the backend answers, even for realms no request touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from qbo_gateway.clock import Clock
+from qbo_gateway.faults import GatewayError
+from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.tokens.local_copy import TokenMemory
+from qbo_gateway.tokens.policy import Mode, RefreshPolicy
+from qbo_gateway.tokens.records import TokenRecord, TokenStore
+from qbo_gateway.tokens.refresh_log import RefreshLedger
+from qbo_gateway.tokens.single_flight import RefreshFlights
+
+log = structlog.get_logger(__name__)
+
+CONCURRENT_REFRESHES = 4
+
+
+class BackgroundRefresher:
+    def __init__(
+        self,
+        *,
+        store: TokenStore,
+        clock: Clock,
+        memory: TokenMemory,
+        ledger: RefreshLedger,
+        policy: RefreshPolicy,
+        flights: RefreshFlights,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._memory = memory
+        self._ledger = ledger
+        self._policy = policy
+        self._flights = flights
+
+    async def refresh_due_realms(self) -> int:
+        """One pass; returns how many realms it refreshed."""
+        if not self._memory.backend_up():
+            return 0
+        for realm_id in self._memory.pending_realms():
+            with contextlib.suppress(StateUnavailable):
+                await self._memory.flush_pending(realm_id)
+        try:
+            records = await self._store.list_records()
+        except StateUnavailable as exc:
+            self._memory.down(exc)
+            return 0
+        now = self._clock.now()
+        due = [
+            r
+            for r in records
+            if not r.needs_reconnect and self._policy.is_due(r) and not self._ledger.cooling(r, now)
+        ]
+        gate = asyncio.Semaphore(CONCURRENT_REFRESHES)
+
+        async def one(record: TokenRecord) -> bool:
+            async with gate:
+                try:
+                    fresh = await self._flights.refresh(record.realm_id, Mode.DUE)
+                except GatewayError:
+                    return False
+                return fresh.version > record.version and not fresh.needs_reconnect
+
+        results = await asyncio.gather(*(one(r) for r in due))
+        return sum(results)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.refresh_due_realms()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the refresher must outlive any one failure
+                log.exception("token_refresher_failed")
+            await self._clock.sleep(interval)
