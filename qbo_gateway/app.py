@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.admission.records import AdmissionPolicy
 from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
-from qbo_gateway.backends import build_state_homes
+from qbo_gateway.backends import build_backends
 from qbo_gateway.cache.read_through import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
 from qbo_gateway.health.alerts import AlertThresholds
@@ -148,7 +148,7 @@ async def build_gateway(
     upstream = Upstream(session)
     cipher = TokenCipher(token_keys(settings))
     policy = admission_policy(settings)
-    homes = build_state_homes(
+    backends = build_backends(
         redis_url=settings.redis_url,
         prefix=redis_prefix or settings.redis_prefix,
         state_dir=settings.state_dir,
@@ -160,9 +160,9 @@ async def build_gateway(
         clock=clock,
         metrics=metrics,
     )
-    redis, keys, availability = homes.redis, homes.keys, homes.availability
-    store, locks, admission = homes.tokens, homes.locks, homes.admission
-    cache_backend, health_store = homes.cache, homes.health
+    redis, keys, availability = backends.redis, backends.keys, backends.availability
+    store, locks, admission = backends.tokens, backends.locks, backends.admission
+    cache_backend, health_store = backends.cache, backends.health
 
     # The monitor observes the token manager and the proxy, and probes through the proxy:
     # it is built first, with late-bound callables into components built just below.

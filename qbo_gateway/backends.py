@@ -1,9 +1,9 @@
 """Where shared state lives: one Redis for every replica, or this process (embedded).
 
-`build_state_homes` is the one place that picks the implementation of each state
+`build_backends` is the one place that picks the implementation of each state
 interface (token store, refresh locks, admission, cache, health history) for the mode the
 settings ask for, so the composition root wires components without caring which it got.
-In Redis mode each home that must survive an outage is paired with its in-process fallback.
+In Redis mode each backend that must survive an outage is paired with its in-process fallback.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
 
 
 @dataclass
-class StateHomes:
+class StateBackends:
     redis: Redis | None
     keys: RedisKeys
     availability: BackendAvailability
@@ -47,7 +47,7 @@ class StateHomes:
     health: HealthStore
 
 
-def build_state_homes(
+def build_backends(
     *,
     redis_url: str | None,
     prefix: str,
@@ -59,10 +59,10 @@ def build_state_homes(
     policy: AdmissionPolicy,
     clock: Clock,
     metrics: Metrics,
-) -> StateHomes:
+) -> StateBackends:
     keys = RedisKeys(prefix)
     if not redis_url:
-        return StateHomes(
+        return StateBackends(
             redis=None,
             keys=keys,
             availability=BackendAvailability(ping=None, metrics=metrics),
@@ -76,7 +76,7 @@ def build_state_homes(
     availability = BackendAvailability(ping=redis.ping, metrics=metrics)
     # Production scripts read Redis TIME (one clock for all replicas); tests inject theirs.
     script_clock = None if isinstance(clock, SystemClock) else clock
-    return StateHomes(
+    return StateBackends(
         redis=redis,
         keys=keys,
         availability=availability,

@@ -29,9 +29,7 @@ _SECRET_FIELD = re.compile(
     re.IGNORECASE,
 )
 # Field names that contain a secret-ish word but hold no secret.
-_SAFE_FIELDS = frozenset(
-    {"token_calls", "token_version", "token_event", "keys_configured", "key_count"}
-)
+_SAFE_FIELDS = frozenset({"token_calls", "token_version", "token_event", "key_count"})
 _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 
 

@@ -2,7 +2,7 @@
 
 Cancelling redis-py in the middle of a command can leave the connection (and with it the
 whole shutdown) waiting for a long time. Workers that write to the state backend expose an
-"idle" event; `park_then_cancel` waits (bounded) for the write in hand to finish and then
+"idle" event; `cancel_when_idle` waits (bounded) for the write in hand to finish and then
 cancels the worker where cancelling is safe. `DrainWorker` is the one queue-draining loop
 that the history writer, the alert store writer and the webhook notifier share.
 """
@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 
-async def park_then_cancel(
+async def cancel_when_idle(
     task: asyncio.Task[None] | None, idle: asyncio.Event, patience: float = 5.0
 ) -> None:
     """Wait (bounded) until a worker is idle, then cancel it where cancelling is safe."""
@@ -68,10 +68,10 @@ class DrainWorker:
         await self.idle.wait()
 
     async def stop(self, *, park: bool = True) -> None:
-        """Stop; with `park`, only after the step in hand is done (see park_then_cancel)."""
+        """Stop; with `park`, only after the step in hand is done (see cancel_when_idle)."""
         if park:
             self._wake.set()
-            await park_then_cancel(self._task, self.idle)
+            await cancel_when_idle(self._task, self.idle)
         elif self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

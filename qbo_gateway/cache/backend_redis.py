@@ -76,5 +76,5 @@ class RedisCacheBackend:
         return int(await self._call(self._redis.incr(self._keys.cache_fresh_epoch(realm_id))))
 
     async def close(self) -> None:
-        # The Redis client is shared with the other Redis homes; its owner closes it.
+        # The Redis client is shared with the other Redis backends; its owner closes it.
         return None

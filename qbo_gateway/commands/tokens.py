@@ -1,4 +1,4 @@
-"""The token subcommands of `qbo-gateway`: import, list, revoke, keygen, connect.
+"""The token subcommands of `qbo-gateway`: import, list, revoke, connect.
 
 They work on the same token store the daemon uses (the SQLite file in QBO_STATE_DIR, or
 Redis), so an operator can seed, inspect or remove realms with the daemon running or not.
@@ -34,7 +34,6 @@ from qbo_gateway.state.redis_client import make_redis
 from qbo_gateway.tokens.crypto import (
     InvalidKeys,
     TokenCipher,
-    generate_key,
     load_or_create_key_file,
 )
 from qbo_gateway.tokens.manager import TokenManager, new_record
@@ -49,11 +48,6 @@ def _secret(value: Any) -> str:
     if value is None:
         return ""
     return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
-
-
-def keygen(out: TextIO | None = None) -> int:
-    print(generate_key(), file=out or sys.stdout)
-    return 0
 
 
 def cipher_for(settings: Settings) -> TokenCipher:

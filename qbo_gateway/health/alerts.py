@@ -39,15 +39,6 @@ AlertKind = Literal[
     "refresh_token_expiring",
     "throttled",
 ]
-ALERT_KINDS: tuple[str, ...] = (
-    "consecutive_failures",
-    "slow_responses",
-    "circuit_open",
-    "reconnect_required",
-    "refresh_failing",
-    "refresh_token_expiring",
-    "throttled",
-)
 # Kinds that mean the realm cannot reach QuickBooks: they make incidents (uptime, MTTR).
 OUTAGE_KINDS = frozenset({"consecutive_failures", "circuit_open", "reconnect_required"})
 
@@ -350,10 +341,6 @@ class AlertManager:
 
     def recent_resolved(self) -> list[AlertRecord]:
         return list(self._resolved)
-
-    def severity_of(self, realm_id: str, kind: str) -> str | None:
-        alert = self._by_realm.get(realm_id, {}).get(kind)
-        return alert.severity if alert else None
 
     # -- async API (ops routes) --
 

@@ -2,7 +2,7 @@
 
 Events are appended to a bounded in-memory buffer and a background task writes them in
 batches. When the writer falls far behind, history entries are dropped while the in-memory
-aggregates keep counting. Workers stop through `park_then_cancel`: they finish the write in
+aggregates keep counting. Workers stop through `cancel_when_idle`: they finish the write in
 hand first, because cancelling redis-py in the middle of a command can leave the connection
 (and with it the shutdown) waiting for a long time.
 """

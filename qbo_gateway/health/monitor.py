@@ -53,7 +53,7 @@ from qbo_gateway.health.views import HealthViews
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import TokenEvent
 from qbo_gateway.tokens.records import TokenRecord, TokenStatus
-from qbo_gateway.workers import park_then_cancel
+from qbo_gateway.workers import cancel_when_idle
 
 __all__ = [
     "SLA_TARGETS",
@@ -62,10 +62,10 @@ __all__ = [
     "HealthMonitor",
     "Incidents",
     "RealmStats",
+    "cancel_when_idle",
     "classify_outcome",
     "entry_json",
     "merge_incidents",
-    "park_then_cancel",
     "percentile",
 ]
 
@@ -302,8 +302,8 @@ class HealthMonitor:
     async def close(self) -> None:
         await self.stop_monitoring()
         # Each worker finishes the write in hand and parks before it is cancelled
-        # (see park_then_cancel).
-        await park_then_cancel(self._tick_task, self._tick_idle)
+        # (see cancel_when_idle).
+        await cancel_when_idle(self._tick_task, self._tick_idle)
         self._tick_task = None
         await self.history.stop()
         await self.alerts.close()

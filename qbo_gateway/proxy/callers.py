@@ -89,10 +89,6 @@ class CallerRegistry:
         self._callers = callers
         self.open_mode = callers is None
 
-    @property
-    def keys_configured(self) -> int:
-        return len(self._callers or [])
-
     def authenticate(self, headers: LooseHeaders) -> Caller:
         if self._callers is None:
             return OPEN_CALLER

@@ -62,10 +62,6 @@ class Target:
     query: str  # raw query string, without "?"
 
     @property
-    def last_segment(self) -> str:
-        return self.rest.rsplit("/", 1)[-1]
-
-    @property
     def is_batch(self) -> bool:
         return self.rest == "batch"
 

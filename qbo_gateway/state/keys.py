@@ -44,9 +44,6 @@ class RedisKeys:
     def cooldown(self, realm_id: str) -> str:
         return self.realm_key(realm_id, "cooldown")
 
-    def retry_budget(self, realm_id: str) -> str:
-        return self.realm_key(realm_id, "retry-budget")
-
     # cache
     def cache_entry(self, realm_id: str, key_hash: str) -> str:
         return self.realm_key(realm_id, f"cache:{key_hash}")
@@ -57,9 +54,6 @@ class RedisKeys:
     # health
     def health_history(self, realm_id: str) -> str:
         return self.realm_key(realm_id, "history")
-
-    def health_realm_index(self) -> str:
-        return f"{self.prefix}:health-realms"
 
     def alerts(self) -> str:
         return f"{self.prefix}:alerts"

@@ -5,11 +5,11 @@ Intuit rotates refresh tokens and the old one may die at once, so two refreshes 
 `TokenManager` is the one door to a realm's tokens for the request path (`access_token`,
 `after_unauthorized`), operators (import, revoke, status, forced refresh) and the background
 refresher; it decides when the token in hand is good enough and delegates the rest:
-`token_flight` (single-flight, cross-replica lock, shielding from cancellation),
-`token_refresh` (the locked refresh: re-read, re-check, token call, durable store),
-`token_policy` (when a refresh is needed), `token_memory` (the in-process copy served while
-the state backend is unreachable, and pairs not yet stored), `token_ledger` (what the last
-refresh of each realm did) and `token_refresher` (the periodic pass over every realm)."""
+`coordinator` (single-flight, cross-replica lock, shielding from cancellation),
+`refresh` (the locked refresh: re-read, re-check, token call, durable store),
+`policy` (when a refresh is needed), `local_copy` (the in-process copy served while
+the state backend is unreachable, and pairs not yet stored), `outcomes` (what the last
+refresh of each realm did) and `refresher` (the periodic pass over every realm)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ from qbo_gateway.observe import Observer, TokenEvent
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.locks import Locks
+from qbo_gateway.tokens.coordinator import RefreshCoordinator
 from qbo_gateway.tokens.crypto import TokenDecryptError
 from qbo_gateway.tokens.local_copy import TokenMemory
+from qbo_gateway.tokens.outcomes import RefreshOutcomes
 from qbo_gateway.tokens.policy import Mode, RefreshPolicy
 from qbo_gateway.tokens.records import TokenRecord, TokenStatus, TokenStore
 from qbo_gateway.tokens.refresh import BACKOFF_BASE, TOKEN_ATTEMPTS, LockedRefresh
-from qbo_gateway.tokens.refresh_log import RefreshLedger
 from qbo_gateway.tokens.refresher import BackgroundRefresher
-from qbo_gateway.tokens.single_flight import RefreshFlights
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +82,7 @@ class TokenManager:
         self._observer = observer
         self._margin = margin
         self._memory = TokenMemory(store=store, clock=clock, availability=availability)
-        self._ledger = RefreshLedger()
+        self._outcomes = RefreshOutcomes()
         self._policy = RefreshPolicy(clock=clock, margin=margin)
         locked = LockedRefresh(
             store=store,
@@ -91,11 +91,11 @@ class TokenManager:
             metrics=metrics,
             observer=observer,
             memory=self._memory,
-            ledger=self._ledger,
+            outcomes=self._outcomes,
             policy=self._policy,
             token_timeout=token_timeout,
         )
-        self._flights = RefreshFlights(
+        self._coordinator = RefreshCoordinator(
             locks=locks,
             metrics=metrics,
             memory=self._memory,
@@ -107,15 +107,15 @@ class TokenManager:
             store=store,
             clock=clock,
             memory=self._memory,
-            ledger=self._ledger,
+            outcomes=self._outcomes,
             policy=self._policy,
-            flights=self._flights,
+            coordinator=self._coordinator,
         )
 
     @property
     def config_error(self) -> str | None:
         """Set while Intuit refuses the app's own credentials (invalid_client)."""
-        return self._ledger.config_error
+        return self._outcomes.config_error
 
     # --- the request path -------------------------------------------------------------
 
@@ -126,9 +126,9 @@ class TokenManager:
         now = self._clock.now()
         if record.access_expires_at - now > self._margin:
             return record.access_token
-        if self._ledger.cooling(record, now):
+        if self._outcomes.cooling(record, now):
             return record.access_token  # a token call just failed: no retry per request
-        return (await self._flights.refresh(realm_id, Mode.DUE)).access_token
+        return (await self._coordinator.refresh(realm_id, Mode.DUE)).access_token
 
     async def after_unauthorized(self, realm_id: str, used_token: str) -> str | None:
         """QBO refused `used_token` (401/3200): a token to replay with once, or None.
@@ -149,7 +149,7 @@ class TokenManager:
         if record.access_token != used_token and record.access_expires_at > self._clock.now():
             return record.access_token
         try:
-            fresh = await self._flights.refresh(realm_id, Mode.UNAUTHORIZED, used_token)
+            fresh = await self._coordinator.refresh(realm_id, Mode.UNAUTHORIZED, used_token)
         except ReconnectRequired:
             raise
         except GatewayError:
@@ -161,8 +161,8 @@ class TokenManager:
     async def force_refresh(self, realm_id: str) -> TokenStatus:
         if not self._memory.backend_up():
             raise UpstreamUnavailable("the state backend is unreachable: refresh refused")
-        record = await self._flights.refresh(realm_id, Mode.FORCE)
-        return self._ledger.status(record)
+        record = await self._coordinator.refresh(realm_id, Mode.FORCE)
+        return self._outcomes.status(record)
 
     async def bootstrap(
         self,
@@ -209,7 +209,7 @@ class TokenManager:
         if stored is None:
             raise TokenExists(f"realm {realm_id} already has tokens (use --force to replace)")
         self._memory.settle(realm_id)
-        self._ledger.cleared(realm_id)
+        self._outcomes.cleared(realm_id)
         self._memory.remember(stored)
         event: TokenEvent = (
             "reconnected" if previous is not None and previous.needs_reconnect else "imported"
@@ -239,10 +239,10 @@ class TokenManager:
             record = await self._memory.read(realm_id)
         except StateUnavailable:
             record = self._memory.cached(realm_id)
-        return None if record is None else self._ledger.status(record)
+        return None if record is None else self._outcomes.status(record)
 
     async def statuses(self) -> list[TokenStatus]:
-        return [self._ledger.status(r) for r in await self._memory.records()]
+        return [self._outcomes.status(r) for r in await self._memory.records()]
 
     async def realm_ids(self) -> list[str]:
         return [r.realm_id for r in await self._memory.records()]
@@ -258,4 +258,4 @@ class TokenManager:
 
     async def drain(self) -> None:
         """Wait for refreshes in flight (they are never cut off)."""
-        await self._flights.drain()
+        await self._coordinator.drain()

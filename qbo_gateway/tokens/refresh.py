@@ -29,9 +29,9 @@ from qbo_gateway.oauth.intuit import (
 from qbo_gateway.observe import Observer
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.tokens.local_copy import TokenMemory
+from qbo_gateway.tokens.outcomes import RefreshOutcomes
 from qbo_gateway.tokens.policy import Mode, RefreshPolicy
 from qbo_gateway.tokens.records import TokenRecord, TokenStore
-from qbo_gateway.tokens.refresh_log import RefreshLedger
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +50,7 @@ class LockedRefresh:
         metrics: Metrics,
         observer: Observer,
         memory: TokenMemory,
-        ledger: RefreshLedger,
+        outcomes: RefreshOutcomes,
         policy: RefreshPolicy,
         token_timeout: float,
     ) -> None:
@@ -60,7 +60,7 @@ class LockedRefresh:
         self._metrics = metrics
         self._observer = observer
         self._memory = memory
-        self._ledger = ledger
+        self._outcomes = outcomes
         self._policy = policy
         self._token_timeout = token_timeout
 
@@ -79,14 +79,14 @@ class LockedRefresh:
             return await self._invalid_grant(realm_id, current)
         except InvalidClient as exc:
             config_error = "Intuit refused the app's client id/secret (invalid_client)"
-            self._ledger.client_refused(realm_id, config_error, self._clock.now())
+            self._outcomes.client_refused(realm_id, config_error, self._clock.now())
             self._metrics.token_refreshes.labels(result="invalid_client").inc()
             log.error(
                 "token_refresh_invalid_client", error=str(exc), fix="check QBO_CLIENT_ID/SECRET"
             )
             return self._policy.fallback(current, mode, config_error)
         except OAuthError as exc:
-            self._ledger.failed(realm_id, str(exc), self._clock.now())
+            self._outcomes.failed(realm_id, str(exc), self._clock.now())
             self._metrics.token_refreshes.labels(result="failure").inc()
             log.warning("token_refresh_failed", realm_id=realm_id, error=str(exc))
             self._observer.token_event(realm_id, "refresh_failed", current)
@@ -120,7 +120,7 @@ class LockedRefresh:
                 raise ReconnectRequired(f"realm {realm_id} must be reconnected")
             return again
         self._metrics.token_refreshes.labels(result="invalid_grant").inc()
-        self._ledger.grant_refused(realm_id)
+        self._outcomes.grant_refused(realm_id)
         flagged = current
         if again is not None and not again.needs_reconnect:
             stored = await self._store.put(
@@ -150,7 +150,7 @@ class LockedRefresh:
         )
         stored = await self._put_durably(realm_id, fresh, current.version)
         self._metrics.token_refreshes.labels(result="success").inc()
-        self._ledger.succeeded(realm_id, now)
+        self._outcomes.succeeded(realm_id, now)
         log.info("token_refreshed", realm_id=realm_id, version=stored.version)
         if current.needs_reconnect:
             self._observer.token_event(realm_id, "reconnected", stored)

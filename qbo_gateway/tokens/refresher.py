@@ -17,11 +17,11 @@ import structlog
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import GatewayError
 from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.tokens.coordinator import RefreshCoordinator
 from qbo_gateway.tokens.local_copy import TokenMemory
+from qbo_gateway.tokens.outcomes import RefreshOutcomes
 from qbo_gateway.tokens.policy import Mode, RefreshPolicy
 from qbo_gateway.tokens.records import TokenRecord, TokenStore
-from qbo_gateway.tokens.refresh_log import RefreshLedger
-from qbo_gateway.tokens.single_flight import RefreshFlights
 
 log = structlog.get_logger(__name__)
 
@@ -35,16 +35,16 @@ class BackgroundRefresher:
         store: TokenStore,
         clock: Clock,
         memory: TokenMemory,
-        ledger: RefreshLedger,
+        outcomes: RefreshOutcomes,
         policy: RefreshPolicy,
-        flights: RefreshFlights,
+        coordinator: RefreshCoordinator,
     ) -> None:
         self._store = store
         self._clock = clock
         self._memory = memory
-        self._ledger = ledger
+        self._outcomes = outcomes
         self._policy = policy
-        self._flights = flights
+        self._coordinator = coordinator
 
     async def refresh_due_realms(self) -> int:
         """One pass; returns how many realms it refreshed."""
@@ -62,14 +62,16 @@ class BackgroundRefresher:
         due = [
             r
             for r in records
-            if not r.needs_reconnect and self._policy.is_due(r) and not self._ledger.cooling(r, now)
+            if not r.needs_reconnect
+            and self._policy.is_due(r)
+            and not self._outcomes.cooling(r, now)
         ]
         gate = asyncio.Semaphore(CONCURRENT_REFRESHES)
 
         async def one(record: TokenRecord) -> bool:
             async with gate:
                 try:
-                    fresh = await self._flights.refresh(record.realm_id, Mode.DUE)
+                    fresh = await self._coordinator.refresh(record.realm_id, Mode.DUE)
                 except GatewayError:
                     return False
                 return fresh.version > record.version and not fresh.needs_reconnect

@@ -16,7 +16,9 @@ from qbo_gateway.tokens.records import TokenRecord, TokenStatus
 REFRESH_COOLDOWN = 30.0
 
 
-class RefreshLedger:
+class RefreshOutcomes:
+    """The last success, last error and retry cooldown of each realm's refresh."""
+
     def __init__(self) -> None:
         self._last_refresh_at: dict[str, float] = {}
         self._last_error: dict[str, str] = {}

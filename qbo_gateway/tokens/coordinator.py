@@ -2,7 +2,7 @@
 
 Two refreshes of one realm can sever it for good (Intuit may kill the old refresh token at
 once), so the order is oauth2-proxy's: in-process single-flight, then a cross-replica lock
-with an owner and a lease, then the locked refresh (`token_refresh`). The refresh runs in a
+with an owner and a lease, then the locked refresh (`refresh`). The refresh runs in a
 task of its own, shielded from its callers: a caller that leaves, or a shutdown mid-refresh,
 still ends with the new pair stored (`drain()` waits for it). While the state backend is
 unreachable no refresh is tried at all: without the shared lock two replicas could refresh.
@@ -31,7 +31,9 @@ log = structlog.get_logger(__name__)
 LOCK_POLL_MAX = 0.1
 
 
-class RefreshFlights:
+class RefreshCoordinator:
+    """Runs each realm's refresh once: joins the one in flight, else locks and refreshes."""
+
     def __init__(
         self,
         *,
