@@ -1,18 +1,29 @@
 """Every failure the gateway makes, and how QBO's own failures are read.
 
-Exception tree (all carry a `GW-` code, an HTTP status and a safe message)::
+Exception tree (each carries its `GW-` name, the numeric fault `code` SDKs read, an HTTP
+status and a safe message)::
 
-    GatewayError
-    ├── BadPath                 400 GW-BAD-PATH
-    ├── Unauthenticated         401 GW-UNAUTHENTICATED
-    ├── Forbidden               403 GW-FORBIDDEN
-    ├── UnknownRealm            404 GW-UNKNOWN-REALM
-    ├── ReconnectRequired       401 GW-RECONNECT-REQUIRED
-    ├── PayloadTooLarge         413 GW-PAYLOAD-TOO-LARGE
-    ├── RateLimited             429 GW-RATE-LIMITED        (Retry-After)
-    ├── CircuitOpen             503 GW-CIRCUIT-OPEN        (Retry-After)
-    ├── UpstreamUnavailable     502 GW-UPSTREAM-UNAVAILABLE
-    └── UpstreamTimeout         504 GW-UPSTREAM-TIMEOUT
+    GatewayError                                          code  status
+    ├── BadPath                 GW-BAD-PATH               9400  400
+    ├── Unauthenticated         GW-UNAUTHENTICATED        9401  401
+    ├── Forbidden               GW-FORBIDDEN              9403  403
+    ├── UnknownRealm            GW-UNKNOWN-REALM          9404  404
+    ├── MethodNotAllowed        GW-METHOD-NOT-ALLOWED     9405  405  (Allow)
+    ├── ReconnectRequired       GW-RECONNECT-REQUIRED     9410  401
+    ├── PayloadTooLarge         GW-PAYLOAD-TOO-LARGE      9413  413
+    ├── RateLimited             GW-RATE-LIMITED           3001  429  (Retry-After)
+    ├── ReadBudget              GW-READ-BUDGET            3001  429  (Retry-After)
+    ├── CircuitOpen             GW-CIRCUIT-OPEN           9503  503  (Retry-After)
+    ├── UpstreamUnavailable     GW-UPSTREAM-UNAVAILABLE   9502  502
+    └── UpstreamTimeout         GW-UPSTREAM-TIMEOUT       9504  504
+
+`GatewayError.code` is the `GW-` name (header `X-QBO-Gateway-Error`, logs, metric labels);
+`GatewayError.fault_code` is the decimal string in the body's `Fault.Error[].code`. QBO's own
+codes are numeric and SDKs call `int()` on them or switch on ranges, so the body must carry
+a number; a refusal for the realm's budget reuses QBO's throttle code 3001, so code that
+already backs off on QBO's throttle backs off on the gateway's. `FAULT_CODES` is the one
+table; `gateway_fault()` builds every answer the gateway makes itself, including the ones
+made outside a `GatewayError` (the ops listener's admin refusal, the parser's refusals).
 
 Errors from other libraries (aiohttp, redis) are translated into this tree at the network
 boundary (`raise UpstreamUnavailable(...) from exc`), so handlers only ever see these.
@@ -57,6 +68,11 @@ class GatewayError(Exception):
         self.reason = reason
         super().__init__(f"{self.code}: {self.detail}")
 
+    @property
+    def fault_code(self) -> str:
+        """The decimal `code` of the fault body (FAULT_CODES)."""
+        return FAULT_CODES[self.code]
+
 
 class BadPath(GatewayError):
     code, status, default_message = "GW-BAD-PATH", 400, "The request path is not allowed"
@@ -86,12 +102,28 @@ class ReconnectRequired(GatewayError):
     )
 
 
+class MethodNotAllowed(GatewayError):
+    code, status, default_message = (
+        "GW-METHOD-NOT-ALLOWED",
+        405,
+        "QuickBooks Online's API does not use this method",
+    )
+
+
 class PayloadTooLarge(GatewayError):
     code, status, default_message = "GW-PAYLOAD-TOO-LARGE", 413, "The request body is too large"
 
 
 class RateLimited(GatewayError):
     code, status, default_message = "GW-RATE-LIMITED", 429, "The realm's request budget is spent"
+
+
+class ReadBudget(GatewayError):
+    code, status, default_message = (
+        "GW-READ-BUDGET",
+        429,
+        "The month's metered-read budget is nearly spent; background reads are paused",
+    )
 
 
 class CircuitOpen(GatewayError):
@@ -118,25 +150,70 @@ class UpstreamTimeout(GatewayError):
     )
 
 
+FAULT_CODES: dict[str, str] = {
+    "GW-BAD-PATH": "9400",
+    "GW-UNAUTHENTICATED": "9401",
+    "GW-FORBIDDEN": "9403",
+    "GW-UNKNOWN-REALM": "9404",
+    "GW-METHOD-NOT-ALLOWED": "9405",
+    "GW-RECONNECT-REQUIRED": "9410",
+    "GW-PAYLOAD-TOO-LARGE": "9413",
+    "GW-RATE-LIMITED": "3001",
+    "GW-READ-BUDGET": "3001",
+    "GW-CIRCUIT-OPEN": "9503",
+    "GW-UPSTREAM-UNAVAILABLE": "9502",
+    "GW-UPSTREAM-TIMEOUT": "9504",
+    "GW-INTERNAL": "9500",
+}
+"""`GW-` name -> the decimal `code` in the fault body."""
+
+
 def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def fault_body(error: GatewayError) -> dict[str, object]:
+def fault_document(name: str, message: str, detail: str) -> dict[str, object]:
+    """The QBO-shaped body for the gateway refusal called `name` (a key of FAULT_CODES)."""
     return {
         "Fault": {
-            "Error": [{"Message": error.message, "Detail": error.detail, "code": error.code}],
+            "Error": [{"Message": message, "Detail": detail, "code": FAULT_CODES[name]}],
             "type": "GatewayFault",
         },
         "time": iso_now(),
     }
 
 
+def fault_body(error: GatewayError) -> dict[str, object]:
+    return fault_document(error.code, error.message, error.detail)
+
+
+def fault_headers(name: str, retry_after: float | None = None) -> dict[str, str]:
+    out = {"X-QBO-Gateway-Error": name, "Cache-Status": "qbo-gateway; fwd=bypass"}
+    if retry_after is not None:
+        out["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return out
+
+
+def gateway_fault(
+    name: str,
+    status: int,
+    message: str,
+    detail: str = "",
+    *,
+    headers: dict[str, str] | None = None,
+    retry_after: float | None = None,
+) -> web.Response:
+    """A gateway-made answer for a refusal that is not raised as a GatewayError."""
+    out = fault_headers(name, retry_after)
+    if headers:
+        out.update(headers)
+    body = fault_document(name, message, detail or message)
+    return web.json_response(body, status=status, headers=out)
+
+
 def render_fault(error: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
     """The QBO-shaped answer for a gateway error; SDKs parse it like any QBO fault."""
-    out = {"X-QBO-Gateway-Error": error.code, "Cache-Status": "qbo-gateway; fwd=bypass"}
-    if error.retry_after is not None:
-        out["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    out = fault_headers(error.code, error.retry_after)
     if headers:
         out.update(headers)
     return web.json_response(fault_body(error), status=error.status, headers=out)

@@ -257,6 +257,7 @@ async def test_qbo_throttle_then_gateway_rate_limit(make_stack: Any) -> None:
             await client.make_qbo_request(REALM, COMPANY)
         assert not isinstance(second.value, QBOFault)
         assert second.value.code == "GW-RATE-LIMITED"
+        assert second.value.fault_code == "3001"
         assert second.value.retry_after is not None and 50 <= second.value.retry_after <= 60
 
 
@@ -276,6 +277,7 @@ async def test_circuit_open(make_stack: Any) -> None:
         with pytest.raises(CircuitOpen) as caught:
             await client.make_qbo_request(REALM, COMPANY)
         assert caught.value.status == 503 and caught.value.code == "GW-CIRCUIT-OPEN"
+        assert caught.value.fault_code == "9503"
         assert caught.value.retry_after is not None and 250 <= caught.value.retry_after <= 300
         assert await client.ensure_healthy_connection(REALM) is False
         doc = await client.health(REALM)
@@ -288,6 +290,7 @@ async def test_reconnect_required(stack: Stack, client: QBOGatewayClient) -> Non
     with pytest.raises(ReconnectRequired) as caught:
         await client.make_qbo_request(REALM, COMPANY, allow_stale=False)
     assert caught.value.status == 401 and caught.value.code == "GW-RECONNECT-REQUIRED"
+    assert caught.value.fault_code == "9410"
     assert await client.ensure_healthy_connection(REALM) is False  # False, not an exception
     doc = await client.health(REALM)
     assert doc is not None and doc["status"] == "needs_reconnect"
@@ -297,6 +300,7 @@ async def test_unknown_realm(client: QBOGatewayClient) -> None:
     with pytest.raises(UnknownRealm) as caught:
         await client.make_qbo_request(OTHER_REALM, f"companyinfo/{OTHER_REALM}")
     assert caught.value.status == 404 and caught.value.code == "GW-UNKNOWN-REALM"
+    assert caught.value.fault_code == "9404"
     assert caught.value.message  # the gateway's QBO-shaped fault was read
     assert isinstance(caught.value, QBOGatewayError)  # one base class catches them all
 
@@ -305,6 +309,7 @@ async def test_bad_path_from_the_gateway(client: QBOGatewayClient) -> None:
     with pytest.raises(BadRequest) as caught:
         await client.make_qbo_request(REALM, "companyinfo/%2e%2e")
     assert caught.value.status == 400 and caught.value.code == "GW-BAD-PATH"
+    assert caught.value.fault_code == "9400"
 
 
 async def test_payload_too_large(make_stack: Any) -> None:
@@ -315,6 +320,7 @@ async def test_payload_too_large(make_stack: Any) -> None:
                 REALM, "customer", method="POST", json={"DisplayName": "x" * 200}
             )
     assert caught.value.status == 413
+    assert caught.value.code == "GW-PAYLOAD-TOO-LARGE" and caught.value.fault_code == "9413"
 
 
 async def test_upstream_unavailable(make_stack: Any) -> None:
@@ -324,6 +330,7 @@ async def test_upstream_unavailable(make_stack: Any) -> None:
         with pytest.raises(UpstreamUnavailable) as caught:
             await client.make_qbo_request(REALM, COMPANY)
     assert caught.value.status == 502 and caught.value.code == "GW-UPSTREAM-UNAVAILABLE"
+    assert caught.value.fault_code == "9502"
 
 
 async def test_upstream_timeout(make_stack: Any) -> None:
@@ -335,6 +342,7 @@ async def test_upstream_timeout(make_stack: Any) -> None:
         with pytest.raises(UpstreamTimeout) as caught:
             await client.make_qbo_request(REALM, COMPANY)
     assert caught.value.status == 504 and caught.value.code == "GW-UPSTREAM-TIMEOUT"
+    assert caught.value.fault_code == "9504"
 
 
 class TestCallers:
@@ -362,12 +370,14 @@ class TestCallers:
                 with pytest.raises(Unauthenticated) as caught:
                     await client.make_qbo_request(REALM, COMPANY)
             assert caught.value.status == 401 and caught.value.code == "GW-UNAUTHENTICATED"
+            assert caught.value.fault_code == "9401"
 
     async def test_realm_outside_the_callers_list_is_forbidden(self, guarded: Stack) -> None:
         async with QBOGatewayClient(guarded.proxy_url, guarded.ops_url, self.KEY) as client:
             with pytest.raises(Forbidden) as caught:
                 await client.make_qbo_request(OTHER_REALM, f"companyinfo/{OTHER_REALM}")
         assert caught.value.status == 403 and caught.value.code == "GW-FORBIDDEN"
+        assert caught.value.fault_code == "9403"
 
 
 async def test_unreachable_gateway_raises_gateway_unreachable() -> None:

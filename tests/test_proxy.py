@@ -97,7 +97,7 @@ async def test_refused_paths_never_reach_qbo(stack: Stack, target: str) -> None:
     assert status == 400, target
     fault = json.loads(body)["Fault"]
     assert fault["type"] == "GatewayFault"
-    assert fault["Error"][0]["code"] == "GW-BAD-PATH"
+    assert fault["Error"][0]["code"] == "9400"
     assert stack.sim.api_requests == []
 
 
@@ -169,7 +169,8 @@ async def test_unknown_realm_is_404(stack: Stack) -> None:
         assert resp.status == 404
         assert resp.headers["X-QBO-Gateway-Error"] == "GW-UNKNOWN-REALM"
         doc = await resp.json()
-        assert doc["Fault"]["Error"][0]["code"] == "GW-UNKNOWN-REALM"
+        assert doc["Fault"]["Error"][0]["code"] == "9404"
+        assert doc["Fault"]["type"] == "GatewayFault"
         assert "time" in doc
 
 

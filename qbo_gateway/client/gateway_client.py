@@ -16,8 +16,9 @@ Settings, from arguments or the environment (same `QBO_` style as the gateway):
 - `QBO_GATEWAY_OPS_URL`: the ops listener, for health (default `http://127.0.0.1:9090`)
 - `QBO_GATEWAY_KEY`: the caller key, when the gateway has callers configured (default none)
 
-Failures are typed: the gateway's `GW-` codes (header `X-QBO-Gateway-Error`) and QBO's own
-faults each map to one exception class (`client_errors`), all under `QBOGatewayError`.
+Failures are typed: the gateway's refusals (`GW-` name in the header `X-QBO-Gateway-Error`,
+numeric `code` in the body) and QBO's own faults each map to one exception class
+(`client.errors`), all under `QBOGatewayError`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import aiohttp
 
 from qbo_gateway.client.errors import (
+    FAULT_CODE_NAMES,
     GW_CODES,
     BadRequest,
     CircuitOpen,
@@ -40,11 +42,13 @@ from qbo_gateway.client.errors import (
     GatewayFault,
     GatewayUnreachable,
     HealthUnavailable,
+    MethodNotAllowed,
     PayloadTooLarge,
     QBOFault,
     QBOGatewayError,
     QBOThrottled,
     RateLimited,
+    ReadBudget,
     ReconnectRequired,
     Unauthenticated,
     UnknownRealm,
@@ -61,6 +65,7 @@ __all__ = [
     "GatewayFault",
     "GatewayUnreachable",
     "HealthUnavailable",
+    "MethodNotAllowed",
     "PayloadTooLarge",
     "QBOFault",
     "QBOGatewayClient",
@@ -69,6 +74,7 @@ __all__ = [
     "QBOThrottled",
     "QueryResult",
     "RateLimited",
+    "ReadBudget",
     "ReconnectRequired",
     "Unauthenticated",
     "UnknownRealm",
@@ -364,12 +370,12 @@ class QBOGatewayClient:
 def gateway_error_hook(response: Any, *args: Any, **kwargs: Any) -> Any:
     """A `requests` response hook that raises this module's typed gateway errors.
 
-    For an unchanged SDK built on requests (python-quickbooks): append it to the session's
-    `hooks["response"]`. Gateway refusals (`X-QBO-Gateway-Error`) then raise `RateLimited`,
-    `CircuitOpen`, `ReconnectRequired`, ... before the SDK reads the body; python-quickbooks
-    would otherwise fail on the non-numeric `GW-` code (`int()` -> ValueError). QBO's own
-    answers are left to the SDK. Duck-typed (`status_code`, `headers`, `content`), so this
-    module does not depend on requests.
+    Optional: python-quickbooks already raises its own `QuickbooksException` (with the
+    numeric code) for a gateway refusal. A service that would rather catch `RateLimited`,
+    `CircuitOpen`, `ReconnectRequired`, ... (with `retry_after` and the `GW-` name) appends
+    this to the SDK session's `hooks["response"]`. QBO's own answers are left to the SDK.
+    Duck-typed (`status_code`, `headers`, `content`), so this module does not depend on
+    requests.
     """
     if response.headers.get("X-QBO-Gateway-Error"):
         _interpret(int(response.status_code), response.headers, bytes(response.content))
@@ -440,22 +446,31 @@ def _fault_errors(doc: Any) -> tuple[dict[str, str], ...] | None:
     return tuple(out)
 
 
+def _gateway_name(doc: Any, code: str) -> str | None:
+    """The `GW-` name of a "GatewayFault" body whose header was lost on the way."""
+    fault = doc.get("Fault", doc.get("fault")) if isinstance(doc, dict) else None
+    if not isinstance(fault, dict) or fault.get("type", fault.get("Type")) != "GatewayFault":
+        return None
+    return FAULT_CODE_NAMES.get(code, "GW-UNKNOWN")
+
+
 def _interpret(status: int, headers: Mapping[str, str], content: bytes) -> QBOResponse:
     doc = _json_or_none(content)
     meta: dict[str, Any] = {
         "request_id": headers.get("X-Request-Id"),
         "intuit_tid": headers.get("intuit_tid"),
     }
-    gw_code = headers.get("X-QBO-Gateway-Error")
     errors = _fault_errors(doc)
     first = errors[0] if errors else {"code": "", "message": "", "detail": ""}
     retry_after = _retry_after(headers.get("Retry-After"))
+    gw_code = headers.get("X-QBO-Gateway-Error") or _gateway_name(doc, first["code"])
     if gw_code:
         cls = GW_CODES.get(gw_code, GatewayFault)
         raise cls(
             first["message"] or f"the gateway refused the request (HTTP {status})",
             status=status,
             code=gw_code,
+            fault_code=first["code"] or None,
             detail=first["detail"],
             retry_after=retry_after,
             **meta,

@@ -20,6 +20,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from qbo_gateway.clock import Clock
+from qbo_gateway.faults import gateway_fault
 from qbo_gateway.oauth.intuit import (
     InvalidClient,
     InvalidGrant,
@@ -39,6 +40,7 @@ log = structlog.get_logger(__name__)
 STATE_TTL = 600.0
 CONNECT_PATH = "/oauth/connect"
 CALLBACK_PATH = "/oauth/callback"
+_BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 class ConnectError(Exception):
@@ -163,7 +165,9 @@ def connect_routes(
 
     async def connect(request: web.Request) -> web.StreamResponse:
         if guard is not None and not await guard(request):
-            return web.json_response({"error": "admin authorization required"}, status=401)
+            return gateway_fault(
+                "GW-UNAUTHENTICATED", 401, "Admin token required", headers=_BEARER_CHALLENGE
+            )
         try:
             url = await flow.start()
         except StateUnavailable:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from qbo_gateway.faults import gateway_fault
 from qbo_gateway.health.alerts import alert_json, iso
 from qbo_gateway.health.monitor import STATUSES, HealthMonitor, entry_json
 
@@ -47,9 +48,11 @@ def _authorized(request: web.Request, admin_token: str | None) -> bool:
 
 
 def _unauthorized() -> web.Response:
-    return web.json_response(
-        {"error": "admin token required"},
-        status=401,
+    return gateway_fault(
+        "GW-UNAUTHENTICATED",
+        401,
+        "Admin token required",
+        "Send 'Authorization: Bearer <QBO_ADMIN_TOKEN>'",
         headers={"WWW-Authenticate": 'Bearer realm="qbo-gateway-admin"'},
     )
 

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from qbo_gateway.faults import GatewayError, render_fault
+from qbo_gateway.faults import GatewayError, gateway_fault, render_fault
 
 log = structlog.get_logger(__name__)
 
@@ -72,18 +72,12 @@ def admin_refusal(admin_token: str | None) -> web.Response:
         if not admin_token
         else "Send 'Authorization: Bearer <QBO_ADMIN_TOKEN>'"
     )
-    body = {
-        "Fault": {
-            "Error": [
-                {"Message": "Admin token required", "Detail": detail, "code": "GW-UNAUTHENTICATED"}
-            ],
-            "type": "GatewayFault",
-        }
-    }
-    return web.json_response(
-        body,
-        status=401,
-        headers={"X-QBO-Gateway-Error": "GW-UNAUTHENTICATED", "WWW-Authenticate": "Bearer"},
+    return gateway_fault(
+        "GW-UNAUTHENTICATED",
+        401,
+        "Admin token required",
+        detail,
+        headers={"WWW-Authenticate": "Bearer"},
     )
 
 
