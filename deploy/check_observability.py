@@ -45,7 +45,7 @@ TARGET_LABELS = frozenset(
     {"__name__", "namespace", "pod", "container", "job", "instance", "endpoint", "service"}
 )
 
-# Label values fixed by the contract (section 7) and the code; a matcher asking for any other
+# Label values fixed by the code (the README lists the metrics and their labels); a matcher asking for any other
 # value selects nothing, forever. Labels not listed here are not value-checked.
 KNOWN_VALUES: dict[str, frozenset[str]] = {
     "outcome": frozenset({"upstream", "cache_hit", "stale", "rejected", "error"}),

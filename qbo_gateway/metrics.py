@@ -1,7 +1,8 @@
 """Every Prometheus metric the gateway exports, built on an injected registry.
 
-Names are part of the contract (section 7) and stable. Labels are bounded: never a realm
-id, never anything a caller chooses freely.
+Names are stable (dashboards, alert rules and the README's list depend on them; a test keeps
+every name in METRIC_NAMES exported). Labels are bounded: never a realm id, never anything a
+caller chooses freely, so a fleet with many realms does not grow many series.
 """
 
 from __future__ import annotations
@@ -33,100 +34,92 @@ METRIC_NAMES = (
 
 
 class Metrics:
+    """The gateway's metrics; one instance per registry, shared by every component."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
+        self.requests = self._counter(
             "qbo_gateway_requests",
             "Proxied requests by method, outcome (upstream, cache_hit, stale, rejected, error) "
             "and code (HTTP status or GW- code)",
-            ["method", "outcome", "code"],
-            registry=r,
+            "method",
+            "outcome",
+            "code",
         )
-        self.request_duration = Histogram(
+        self.request_duration = self._histogram(
             "qbo_gateway_request_duration_seconds",
             "Time from request arrival to the response's last byte, gateway included",
-            ["outcome"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "outcome",
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = self._histogram(
             "qbo_gateway_upstream_request_duration_seconds",
             "Time QBO took to answer one upstream attempt (headers received)",
-            ["result"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "result",
         )
-        self.token_refreshes = Counter(
+        self.token_refreshes = self._counter(
             "qbo_gateway_token_refreshes",
             "Token refreshes by result (success, failure, invalid_grant, invalid_client, skipped)",
-            ["result"],
-            registry=r,
+            "result",
         )
-        self.circuit_transitions = Counter(
+        self.circuit_transitions = self._counter(
             "qbo_gateway_circuit_transitions",
             "Circuit breaker transitions made by this replica, by the state entered",
-            ["to"],
-            registry=r,
+            "to",
         )
-        self.realms = Gauge(
-            "qbo_gateway_realms",
-            "Realms known to the gateway by health status",
-            ["status"],
-            registry=r,
+        self.realms = self._gauge(
+            "qbo_gateway_realms", "Realms known to the gateway by health status", "status"
         )
-        self.rate_limited = Counter(
+        self.rate_limited = self._counter(
             "qbo_gateway_rate_limited",
             "Requests refused or delayed by admission, by reason",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.stale_served = Counter(
+        self.stale_served = self._counter(
             "qbo_gateway_stale_served",
             "Reads answered from the cache in degraded mode, by reason",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.alerts_active = Gauge(
-            "qbo_gateway_alerts_active", "Active alerts by severity", ["severity"], registry=r
+        self.alerts_active = self._gauge(
+            "qbo_gateway_alerts_active", "Active alerts by severity", "severity"
         )
-        self.state_backend_up = Gauge(
+        self.state_backend_up = self._gauge(
             "qbo_gateway_state_backend_up",
             "1 while the state backend (Redis, or the in-process store) is usable",
-            registry=r,
         )
-        self.build_info = Gauge(
-            "qbo_gateway_build_info", "Build information", ["version"], registry=r
-        )
-        self.build_info.labels(version=__version__).set(1)
-        self.upstream_retries = Counter(
+        self.build_info = self._gauge("qbo_gateway_build_info", "Build information", "version")
+        self.upstream_retries = self._counter(
             "qbo_gateway_upstream_retries",
             "Upstream attempts repeated by the retry policy, by cause",
-            ["cause"],
-            registry=r,
+            "cause",
         )
-        self.cache_events = Counter(
+        self.cache_events = self._counter(
             "qbo_gateway_cache_events",
             "Cache lookups and stores (hit, miss, store, skip, evict)",
-            ["event"],
-            registry=r,
+            "event",
         )
-        self.cache_bytes = Gauge(
-            "qbo_gateway_cache_bytes", "Bytes held by the in-process cache", registry=r
+        self.cache_bytes = self._gauge(
+            "qbo_gateway_cache_bytes", "Bytes held by the in-process cache"
         )
-        self.alert_deliveries = Counter(
-            "qbo_gateway_alert_deliveries",
-            "Alert webhook deliveries by result",
-            ["result"],
-            registry=r,
+        self.alert_deliveries = self._counter(
+            "qbo_gateway_alert_deliveries", "Alert webhook deliveries by result", "result"
         )
-        self.health_checks = Counter(
-            "qbo_gateway_health_checks",
-            "Monitor probes by result",
-            ["result"],
-            registry=r,
+        self.health_checks = self._counter(
+            "qbo_gateway_health_checks", "Monitor probes by result", "result"
         )
+        self._initial_values()
+
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, *labels: str) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def _histogram(self, name: str, doc: str, *labels: str) -> Histogram:
+        return Histogram(name, doc, labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+
+    def _initial_values(self) -> None:
         # Pre-create label sets so dashboards see zeros instead of absent series.
+        self.build_info.labels(version=__version__).set(1)
         for severity in ("warning", "critical"):
             self.alerts_active.labels(severity=severity).set(0)
         for status in ("healthy", "degraded", "unhealthy", "needs_reconnect"):

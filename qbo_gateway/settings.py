@@ -1,7 +1,8 @@
 """Every setting, read from the environment (and files in `QBO_SECRETS_DIR`) in one place.
 
-This is the only module that reads the environment. Names are the contract's (section 3);
-each is validated at start so a bad value stops the daemon with a message naming it.
+This is the only module that reads the environment. Names are stable (deployments set them;
+the README lists them all); each is validated at start so a bad value stops the daemon with
+a message naming it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from qbo_gateway.oauth.connect import (
     RedisOAuthStates,
 )
 from qbo_gateway.oauth.connect import connect_routes as make_routes
-from qbo_gateway.oauth.intuit import OAuthClient
+from qbo_gateway.oauth.intuit import OAuthClient, new_pkce, s256_challenge
 from qbo_gateway.observe import NullObserver
 from qbo_gateway.simulator import SIM_CLIENT_ID, SIM_CLIENT_SECRET, Simulator
 from qbo_gateway.state.keys import RedisKeys
@@ -163,3 +163,13 @@ async def test_state_expires(setup: Setup) -> None:
     async with setup.session.get(callback) as resp:
         assert resp.status == 400
     assert await setup.flow.tokens.realm_ids() == []
+
+
+def test_pkce_challenge_is_rfc_7636_s256() -> None:
+    # The worked example of RFC 7636, appendix B.
+    verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    assert s256_challenge(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    pair = new_pkce()
+    assert 43 <= len(pair.verifier) <= 128
+    assert pair.challenge == s256_challenge(pair.verifier)
+    assert new_pkce().verifier != pair.verifier

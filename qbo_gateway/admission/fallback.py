@@ -1,6 +1,7 @@
 """Shared admission that survives Redis: Redis first, this replica's own share when it is down.
 
-Losing Redis must not stop traffic (contract section 8): while `BackendAvailability` says
+Losing Redis must not stop traffic (a sidecar that fails with its state store turns a
+Redis outage into a QuickBooks outage for every service): while `BackendAvailability` says
 Redis is down, every admit goes to an in-process backend holding this replica's share of
 the limits (`policy.shared_out(replica_count)`), without paying a Redis timeout per
 request; the availability probe brings shared state back. An admission handed out by the

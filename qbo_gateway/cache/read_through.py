@@ -65,7 +65,9 @@ DEGRADED_REASONS = frozenset(
 # Reasons where the request did go to QBO and came back failed: Cache-Status says fwd=stale.
 _FORWARDED_REASONS = frozenset({"upstream-error", "upstream-timeout"})
 
-# requestid is unique per call (idempotency); minorversion is left out by decision (issue 5).
+# requestid is unique per call (idempotency), so keeping it would make every read a miss;
+# minorversion is left out because the gateway adds the configured one to calls without it,
+# and a caller naming the same version explicitly asks for the same answer.
 _IGNORED_QUERY_PARAMS = frozenset({"requestid", "minorversion"})
 # Only what describes the body travels with a stored read: never Set-Cookie, intuit_tid
 # (it names the original upstream call) or hop-by-hop headers.

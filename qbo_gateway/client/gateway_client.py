@@ -1,6 +1,6 @@
 """The original connection-manager API, served by the sidecar.
 
-Services written against the in-process connection manager of the original design call
+Services written against the in-process connection manager used before the gateway call
 `ensure_healthy_connection(business_id)` and `make_qbo_request(business_id, endpoint)`. This
 module gives them the same two calls (plus `query`), backed by the gateway, so moving to the
 gateway is a change of import, not of code: tokens, refresh, limits, the breaker and the

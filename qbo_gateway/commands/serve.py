@@ -1,9 +1,11 @@
 """`qbo-gateway serve`: both listeners in one process, and the drain on SIGTERM.
 
-Contract section 1: on SIGTERM `/readyz` turns 503 at once, the proxy stops taking
-connections and lets in-flight requests finish (bounded by QBO_SHUTDOWN_TIMEOUT_SECONDS),
-a token refresh in progress is never cut off (`Gateway.close` drains them), and the
-process exits 0. The ops listener closes last, so probes see the 503 meanwhile.
+Kubernetes sends SIGTERM and keeps routing to the pod for a moment, and a refresh cut off
+midway can lose a realm's only refresh token. So on SIGTERM `/readyz` turns 503 at once, the
+proxy stops taking connections and lets in-flight requests finish (bounded by
+QBO_SHUTDOWN_TIMEOUT_SECONDS), a token refresh in progress is never cut off
+(`Gateway.close` drains them), and the process exits 0. The ops listener closes last, so
+probes see the 503 meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ async def serve(
     ready_event: asyncio.Event | None = None,
     after_build: Callable[[Gateway], Awaitable[None]] | None = None,
 ) -> int:
-    """Run both listeners until SIGTERM/SIGINT, then drain (contract section 1)."""
+    """Run both listeners until SIGTERM/SIGINT, then drain (see the module docstring)."""
     gw = await build_gateway(settings)
     if after_build is not None:
         await after_build(gw)

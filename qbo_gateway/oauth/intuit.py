@@ -10,14 +10,14 @@ those outcomes. It never logs a token, and its errors never carry one.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from authlib.common.security import generate_token
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from qbo_gateway.clock import Clock
 
@@ -64,13 +64,19 @@ class PkcePair:
     challenge: str
 
 
+def s256_challenge(verifier: str) -> str:
+    """RFC 7636's S256 code challenge: unpadded base64url of the verifier's SHA-256."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
 def new_pkce() -> PkcePair:
-    verifier = generate_token(64)
-    return PkcePair(verifier, create_s256_code_challenge(verifier))
+    verifier = secrets.token_urlsafe(48)  # 64 characters, within RFC 7636's 43 to 128
+    return PkcePair(verifier, s256_challenge(verifier))
 
 
 def new_state() -> str:
-    return str(generate_token(40))
+    return secrets.token_urlsafe(30)
 
 
 class OAuthClient:

@@ -1,7 +1,7 @@
-"""The health API (contract section 6): JSON for operators, an HTML status page for clients.
+"""The health API: JSON for operators, an HTML status page for clients.
 
-Every route is served under `/health/...` and `/integrations/qbo/health/...` (the original
-design's prefix). Reads are open on the ops listener; actions (ack, start/stop, check) need
+Every route is served under `/health/...` and `/integrations/qbo/health/...` (the prefix
+services used before the gateway). Reads are open on the ops listener; actions (ack, start/stop, check) need
 `Authorization: Bearer <QBO_ADMIN_TOKEN>`, compared in constant time; with no admin token
 configured every action answers 401. The status page is plain HTML that refreshes itself,
 built from `HealthMonitor.public_status()` (no realm ids, no secrets), every value escaped.

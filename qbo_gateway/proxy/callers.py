@@ -1,4 +1,4 @@
-"""Who is calling, and which realms they may use (contract section 5).
+"""Who is calling, and which realms they may use (the callers file, `QBO_CALLERS_FILE`).
 
 The callers file holds only SHA-256 hashes of keys. A presented key is hashed and compared
 with every caller's hash in constant time (all of them, so timing says nothing about which

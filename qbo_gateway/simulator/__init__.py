@@ -3,7 +3,7 @@
 Tests, the demo and benchmarks need a QuickBooks Online that answers over real sockets, can be
 told to misbehave in every way the real one does (throttles, 5xx with HTML bodies, faults
 inside a 200, dropped connections, dead refresh tokens) and counts what it received. It is
-built from the Intuit facts in the design notes, never from gateway code: it imports only
+built from Intuit's documented behaviour, never from gateway code: it imports only
 aiohttp and the standard library, so it cannot agree with the gateway by sharing a mistake.
 No module of this package may import anything from qbo_gateway outside qbo_gateway.simulator.
 

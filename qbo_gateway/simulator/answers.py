@@ -2,7 +2,7 @@
 
 The gateway classifies QBO's answers by their exact shapes (a `Fault` object, the odd
 lower-case 401 body, an XML fault, an OAuth `error`), so every handler builds them here, once,
-from the Intuit facts in the design notes.
+from Intuit's documented (and observed) answers.
 """
 
 from __future__ import annotations
