@@ -1,10 +1,11 @@
 """The health API: JSON for operators, an HTML status page for clients.
 
 Every route is served under `/health/...` and `/integrations/qbo/health/...` (the prefix
-services used before the gateway). Reads are open on the ops listener; actions (ack, start/stop, check) need
-`Authorization: Bearer <QBO_ADMIN_TOKEN>`, compared in constant time; with no admin token
-configured every action answers 401. The status page is plain HTML that refreshes itself,
-built from `HealthMonitor.public_status()` (no realm ids, no secrets), every value escaped.
+services used before the gateway). Reads are open on the ops listener; actions (ack,
+start/stop, check) need `Authorization: Bearer <QBO_ADMIN_TOKEN>`, compared in constant
+time; with no admin token configured every action answers 401. The status page is plain
+HTML that refreshes itself, built from `HealthMonitor.public_status()` (no realm ids, no
+secrets), every value escaped.
 """
 
 from __future__ import annotations
