@@ -23,7 +23,7 @@ from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.admission.records import AdmissionPolicy
 from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
 from qbo_gateway.backends import build_backends
-from qbo_gateway.cache.read_through import ResponseCache
+from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
 from qbo_gateway.health.alerts import AlertThresholds
 from qbo_gateway.health.monitor import HealthMonitor

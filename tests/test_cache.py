@@ -20,14 +20,15 @@ from prometheus_client import CollectorRegistry
 
 from qbo_gateway.cache.backend_memory import MemoryCacheBackend
 from qbo_gateway.cache.backend_redis import RedisCacheBackend
-from qbo_gateway.cache.read_through import (
-    ResponseCache,
+from qbo_gateway.cache.policy import (
     allows_fresh,
     allows_stale,
     cache_status_for_upstream,
     degraded_reason,
     degraded_reason_for_upstream,
+    key_for,
 )
+from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.faults import (
     CircuitOpen,
@@ -40,6 +41,8 @@ from qbo_gateway.faults import (
 )
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import NullObserver
+from qbo_gateway.proxy.paths import is_read
+from qbo_gateway.single_flight import SingleFlight
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer, free_port
@@ -98,6 +101,9 @@ class Rig:
         self.lookups = 0
         self.lookups_target = 0
         self.lookups_reached = asyncio.Event()
+        self.flights: SingleFlight[object, tuple[int, dict[str, str], bytes, bool]] = SingleFlight(
+            "rig"
+        )
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -128,7 +134,7 @@ class Rig:
         body = await request.read()
         cc = request.headers.get("Cache-Control")
         cache = self.cache
-        if not cache.is_read(request.method, request.match_info["rest"]):
+        if not is_read(request.method, request.match_info["rest"]):
             try:
                 status, headers, data = await self._upstream(request, body)
             except GatewayError as exc:
@@ -143,7 +149,7 @@ class Rig:
                     "Cache-Status": cache_status_for_upstream(stored=False, cacheable=False),
                 },
             )
-        key = cache.key_for(
+        key = key_for(
             realm, request.method, request.path, request.query.items(), body,
             request.headers.get("Accept"),
         )  # fmt: skip
@@ -163,7 +169,7 @@ class Rig:
             return status, headers, data, stored
 
         try:
-            status, headers, data, stored = await cache.fetch_once(key, fetch)
+            status, headers, data, stored = await self.flights.run(key, fetch)
         except GatewayError as exc:
             reason = degraded_reason(exc)
             if entry and reason and allows_stale(cc) and cache.servable_stale(entry):
@@ -439,7 +445,7 @@ async def test_one_realms_read_is_never_served_for_another(env: Env) -> None:
 
 
 def test_keys_differ_by_realm_and_every_part_of_the_read() -> None:
-    key = ResponseCache.key_for
+    key = key_for
     base = key(REALM_A, "GET", "/v3/company/1111/invoice/7", [("a", "1")], b"", None)
     assert base.realm_id == REALM_A
     other_realm = key(REALM_B, "GET", "/v3/company/1111/invoice/7", [("a", "1")], b"", None)
@@ -469,7 +475,6 @@ def test_keys_differ_by_realm_and_every_part_of_the_read() -> None:
 
 
 def test_is_read() -> None:
-    is_read = ResponseCache.is_read
     assert is_read("GET", "invoice/7")
     assert is_read("get", "reports/ProfitAndLoss")
     assert is_read("POST", "query")
@@ -591,16 +596,7 @@ async def test_concurrent_fresh_misses_share_one_upstream_call(fresh_env: Env) -
 
 
 async def test_single_flight_shares_failure_and_survives_a_leaving_caller() -> None:
-    cache = ResponseCache(
-        MemoryCacheBackend(max_bytes=1000, clock=ManualClock()),
-        clock=ManualClock(),
-        metrics=Metrics(CollectorRegistry()),
-        observer=NullObserver(),
-        fresh_seconds=10,
-        stale_seconds=100,
-        max_entry_bytes=100,
-    )
-    key = cache.key_for(REALM_A, "GET", "/p", [], b"", None)
+    key = key_for(REALM_A, "GET", "/p", [], b"", None)
     gate = asyncio.Event()
     runs = 0
 
@@ -610,8 +606,9 @@ async def test_single_flight_shares_failure_and_survives_a_leaving_caller() -> N
         await gate.wait()
         raise UpstreamUnavailable()
 
-    leaver = asyncio.create_task(cache.fetch_once(key, fetch))
-    stayer = asyncio.create_task(cache.fetch_once(key, fetch))
+    flights: SingleFlight[object, int] = SingleFlight("test")
+    leaver = asyncio.create_task(flights.run(key, fetch))
+    stayer = asyncio.create_task(flights.run(key, fetch))
     await asyncio.sleep(0)
     leaver.cancel()
     await asyncio.sleep(0)
@@ -624,7 +621,7 @@ async def test_single_flight_shares_failure_and_survives_a_leaving_caller() -> N
     async def ok() -> int:
         return 7
 
-    assert await cache.fetch_once(key, ok) == 7
+    assert await flights.run(key, ok) == 7
 
 
 # --- the backend failing ----------------------------------------------------------------
@@ -651,7 +648,7 @@ async def test_redis_down_is_a_miss_and_never_fails_the_request(
 
 async def test_corrupt_redis_entry_is_a_miss(redis_server: RedisServer, redis_prefix: str) -> None:
     async for env in make_env("redis", redis_server, redis_prefix):
-        key = env.cache.key_for(REALM_A, "GET", "/v3/company/1111/invoice/7", [], b"", None)
+        key = key_for(REALM_A, "GET", "/v3/company/1111/invoice/7", [], b"", None)
         client = make_redis(redis_server.url)
         try:
             await client.set(RedisKeys(redis_prefix).cache_entry(REALM_A, key.digest), b"junk")
@@ -663,7 +660,7 @@ async def test_corrupt_redis_entry_is_a_miss(redis_server: RedisServer, redis_pr
 
 async def test_stale_response_refuses_an_unknown_reason(env: Env) -> None:
     await warm(env)
-    key = env.cache.key_for(
+    key = key_for(
         REALM_A, "GET", "/v3/company/1111/invoice/7", [("minorversion", "75")], b"", "*/*"
     )  # aiohttp's client sends Accept: */*
     found = await env.cache.lookup(key)
@@ -685,7 +682,7 @@ async def test_write_while_freshness_is_off_still_ends_freshness(env: Env) -> No
         stale_seconds=STALE,
         max_entry_bytes=1 << 20,
     )
-    key = with_freshness.key_for(REALM_A, "GET", "/v3/company/1111/invoice/7", [], b"", "*/*")
+    key = key_for(REALM_A, "GET", "/v3/company/1111/invoice/7", [], b"", "*/*")
     found = await with_freshness.lookup(key)
     assert found.entry is not None
     assert not with_freshness.fresh(found.entry)
@@ -708,7 +705,7 @@ async def test_in_process_cache_stays_in_bound_while_10000_reads_pass() -> None:
     )
     headers = {"Content-Type": "application/json", "intuit_tid": "t", "Set-Cookie": "a=b"}
     for i in range(10_000):
-        key = cache.key_for(REALM_A, "GET", f"/v3/company/1111/invoice/{i}", [], b"", None)
+        key = key_for(REALM_A, "GET", f"/v3/company/1111/invoice/{i}", [], b"", None)
         body = b'{"Invoice":{"Id":"%d","pad":"%s"}}' % (i, b"x" * (i % 2000))
         assert await cache.store(key, 200, headers, body, request_cache_control=None)
         assert backend.bytes_held <= bound
@@ -718,7 +715,7 @@ async def test_in_process_cache_stays_in_bound_while_10000_reads_pass() -> None:
             )
     assert backend.bytes_held > bound * 0.9
     last = await cache.lookup(
-        cache.key_for(REALM_A, "GET", "/v3/company/1111/invoice/9999", [], b"", None)
+        key_for(REALM_A, "GET", "/v3/company/1111/invoice/9999", [], b"", None)
     )
     assert last.entry is not None
     # Only content headers travel with a stored read.

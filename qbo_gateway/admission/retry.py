@@ -8,20 +8,18 @@ request's deadline, and a token from the realm's retry budget (each request depo
 each retry spends 1, so retries stay near 20% of traffic however long an outage lasts).
 Backoff is full-jitter exponential and never shorter than QBO's Retry-After.
 
-The caller (upstream.py) owns the I/O: it releases a discarded response before asking,
-sleeps the returned delay on its Clock, and sends every attempt of a write with the same
-`requestid` (`with_requestid`).
+The caller (`proxy/exchange.py`) owns the I/O: it releases a discarded response before
+asking, sleeps the returned delay on its Clock, and sends every attempt of a write with the
+same `requestid` (`proxy.paths.Target.with_requestid`). Whether a request is a read is the
+caller's to say (`proxy.paths.is_read`).
 """
 
 from __future__ import annotations
 
 import enum
 import random as _random
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from yarl import URL
 
 from qbo_gateway.admission.records import BreakerState
 
@@ -45,31 +43,6 @@ class RetryDecision:
     why: str = ""  # the reason, for logs and qbo_gateway_upstream_retries_total{cause}
 
 
-def is_read(method: str, path: str) -> bool:
-    """Safe to repeat: GET, or a POST to the query endpoint."""
-    verb = method.upper()
-    if verb == "GET":
-        return True
-    return verb == "POST" and path.rstrip("/").lower().endswith("/query")
-
-
-def with_requestid(url: URL, method: str, new_id: Callable[[], str] | None = None) -> URL:
-    """A write's URL with a `requestid`, kept from the caller when it sent one.
-
-    Computed once per logical request and reused for every attempt, so a repeated write is
-    recognised by QBO as the same one.
-    """
-    if is_read(method, url.path):
-        return url
-    if any(name.lower() == "requestid" for name in url.query):
-        return url
-    return url.update_query(requestid=(new_id or _uuid_hex)())
-
-
-def _uuid_hex() -> str:
-    return uuid.uuid4().hex  # 32 characters: within QBO's 50
-
-
 class RetryBudget:
     """Per-realm token bucket: every request deposits `ratio`, every retry spends one."""
 
@@ -90,9 +63,6 @@ class RetryBudget:
         self._tokens[realm_id] = have - 1.0
         return True
 
-    def balance(self, realm_id: str) -> float:
-        return self._tokens.get(realm_id, self._initial)
-
 
 class RetryPolicy:
     """Shared by all requests of a process; `start()` one `RetryPlan` per logical request."""
@@ -112,9 +82,10 @@ class RetryPolicy:
         self.budget = budget or RetryBudget()
         self._random = random
 
-    def start(self, realm_id: str, method: str, path: str) -> RetryPlan:
+    def start(self, realm_id: str, *, read: bool) -> RetryPlan:
+        """`read`: the request is safe to repeat whatever happened to an attempt."""
         self.budget.deposit(realm_id)
-        return RetryPlan(self, realm_id, is_read(method, path))
+        return RetryPlan(self, realm_id, read)
 
     def backoff(self, retry_number: int) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2^(n-1))]."""

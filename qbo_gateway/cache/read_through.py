@@ -1,426 +1,218 @@
-"""The response cache behind degraded mode: what is stored, under which key, when served.
+"""The read cache wrapped around one logical QBO call.
 
 When QBO fails for a realm (circuit open, throttled, 5xx, timeout, reconnect required) a
 caller reading data is better served by the last good answer, clearly marked, than by an
-error. Optionally (QBO_CACHE_FRESH_SECONDS > 0) young answers are served without asking QBO
-at all. This module holds the decisions in plain Python; a `CacheBackend` (in-process LRU or
-Redis) only keeps entries. Keys always include the realm, so no read can cross tenants.
-Every answer the proxy sends carries an RFC 9211 `Cache-Status` built here.
+error; optionally (`QBO_CACHE_FRESH_SECONDS` > 0) young answers are served without asking
+QBO at all. `ReadThrough.send` is the whole of that behaviour, around the call:
+
+    write                 -> QBO; a success ends the realm's freshness
+    read, freshness on    -> fresh hit? else one shared (single-flight) call, buffered,
+                             stored; a failure is answered stale when allowed
+    read, freshness off   -> QBO (streamed back, a copy stored); a failure answered stale
+
+The proxy relays what comes back; it knows nothing of entries, keys or degraded reasons.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Protocol
 
-import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from qbo_gateway.cache.records import CacheBackend, CachedEntry
-from qbo_gateway.clock import Clock
-from qbo_gateway.faults import (
-    CircuitOpen,
-    FaultClass,
-    RateLimited,
-    ReconnectRequired,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    classify,
-    parse_fault,
+from qbo_gateway.cache.policy import (
+    CacheKey,
+    allows_fresh,
+    allows_stale,
+    cache_status_for_upstream,
+    degraded_reason,
+    degraded_reason_for_upstream,
+    key_for,
+    query_pairs,
 )
-from qbo_gateway.metrics import Metrics
-from qbo_gateway.observe import Observer
-from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.cache.records import CachedEntry
+from qbo_gateway.cache.response_cache import ResponseCache
+from qbo_gateway.faults import FaultClass, GatewayError
+from qbo_gateway.proxy.access_log import RequestRecord
+from qbo_gateway.proxy.exchange import Exchange, QboRequest
+from qbo_gateway.proxy.paths import returned_headers
+from qbo_gateway.proxy.relay import Answer, Keep, Relay
+from qbo_gateway.single_flight import SingleFlight
 
-__all__ = [
-    "CACHE_NAME",
-    "DEGRADED_REASONS",
-    "CacheBackend",
-    "CacheKey",
-    "CacheLookup",
-    "CachedEntry",
-    "ResponseCache",
-    "allows_fresh",
-    "allows_stale",
-    "allows_store",
-    "cache_status_for_upstream",
-    "degraded_reason",
-    "degraded_reason_for_upstream",
-]
+_FAILED = (FaultClass.UPSTREAM_FAILURE, FaultClass.THROTTLE)
 
-log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
+class QboCall(Protocol):
+    """One logical call to QBO (`proxy.exchange.QboCaller`)."""
 
-CACHE_NAME = "qbo-gateway"
-DEGRADED_HEADER = "X-QBO-Gateway-Degraded"
-DEGRADED_REASONS = frozenset(
-    {"circuit-open", "upstream-error", "upstream-timeout", "rate-limited", "reconnect-required"}
-)
-# Reasons where the request did go to QBO and came back failed: Cache-Status says fwd=stale.
-_FORWARDED_REASONS = frozenset({"upstream-error", "upstream-timeout"})
-
-# requestid is unique per call (idempotency), so keeping it would make every read a miss;
-# minorversion is left out because the gateway adds the configured one to calls without it,
-# and a caller naming the same version explicitly asks for the same answer.
-_IGNORED_QUERY_PARAMS = frozenset({"requestid", "minorversion"})
-# Only what describes the body travels with a stored read: never Set-Cookie, intuit_tid
-# (it names the original upstream call) or hop-by-hop headers.
-_CONTENT_HEADERS = frozenset(
-    {
-        "content-type",
-        "content-encoding",
-        "content-language",
-        "content-disposition",
-        "etag",
-        "last-modified",
-    }
-)
-# The proxy sends Accept: application/json when the caller sent none, so both are one read.
-_DEFAULT_ACCEPT = "application/json"
+    async def call(self, req: QboRequest, rec: RequestRecord) -> Exchange: ...
 
 
 @dataclass(frozen=True)
-class CacheKey:
-    """A stored read's identity: the realm in clear (for scoping) and a digest of the rest."""
+class _Slot:
+    """One read's place in the cache: its key, what was found, and what the caller allows."""
 
-    realm_id: str
-    digest: str
-
-
-@dataclass(frozen=True)
-class CacheLookup:
-    """What a lookup found, and the realm's freshness epoch before going upstream.
-
-    Pass `epoch` back to `store`, so a read that raced a write is stored as already stale.
-    """
-
+    key: CacheKey
     entry: CachedEntry | None
+    cache_control: str | None
     epoch: int | None
+    fwd: str
+    looked_up: bool = True  # False: `entry` was not read (looked up only if QBO fails)
 
 
-def _directives(cache_control: str | None) -> dict[str, str]:
-    if not cache_control:
-        return {}
-    found: dict[str, str] = {}
-    for part in cache_control.split(","):
-        name, _, value = part.partition("=")
-        found[name.strip().lower()] = value.strip().strip('"')
-    return found
+@dataclass(frozen=True)
+class _Buffered:
+    """A whole upstream answer, shareable by every request of a single flight."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    fault: FaultClass
+    stored: bool
+    rec: RequestRecord
 
 
-def allows_stale(request_cache_control: str | None) -> bool:
-    """A caller sending `Cache-Control: no-cache` wants QBO's answer or the error."""
-    return "no-cache" not in _directives(request_cache_control)
+class ReadThrough:
+    """The read cache around `qbo.call`; one per gateway."""
 
+    def __init__(self, cache: ResponseCache, qbo: QboCall) -> None:
+        self.cache = cache
+        self._qbo = qbo
+        # Concurrent fresh misses of one key share one upstream call, fully buffered.
+        self._flights: SingleFlight[CacheKey, _Buffered] = SingleFlight("cache-read")
 
-def allows_fresh(request_cache_control: str | None) -> bool:
-    """`no-cache` or `max-age=0` asks for QBO's own answer, not a young stored one."""
-    directives = _directives(request_cache_control)
-    return "no-cache" not in directives and directives.get("max-age") != "0"
-
-
-def allows_store(request_cache_control: str | None) -> bool:
-    return "no-store" not in _directives(request_cache_control)
-
-
-def degraded_reason(error: BaseException) -> str | None:
-    """The degraded-mode reason a gateway failure allows, or None when stale must not help."""
-    if isinstance(error, CircuitOpen):
-        return "circuit-open"
-    if isinstance(error, RateLimited):
-        return "rate-limited"
-    if isinstance(error, UpstreamTimeout):
-        return "upstream-timeout"
-    if isinstance(error, UpstreamUnavailable):
-        return "upstream-error"
-    if isinstance(error, ReconnectRequired):
-        return "reconnect-required"
-    return None
-
-
-def degraded_reason_for_upstream(status: int, body: bytes | None = None) -> str | None:
-    """The reason for an upstream answer (after retries) that a stored read may replace."""
-    fault = classify(status, body)
-    if fault is FaultClass.UPSTREAM_FAILURE:
-        return "upstream-error"
-    if fault is FaultClass.THROTTLE:
-        return "rate-limited"
-    return None
-
-
-def cache_status_for_upstream(
-    stored: bool, cacheable: bool, *, fwd: str = "uri-miss", detail: str | None = None
-) -> str:
-    """Cache-Status for an answer that did not come from the cache.
-
-    `cacheable` False (writes, anything not a read) gives `fwd=bypass`; `fwd` names why a
-    read went upstream (`uri-miss`, `stale`, `request`; see `ResponseCache.forward_reason`).
-    """
-    parts = [CACHE_NAME, f"fwd={fwd if cacheable else 'bypass'}"]
-    if stored and cacheable:
-        parts.append("stored")
-    if detail:
-        parts.append(f"detail={detail}")
-    return "; ".join(parts)
-
-
-def _utf8(text: str) -> bytes:
-    # surrogatepass: a caller's odd percent-encoding must give a key, never an exception.
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _length_prefixed(parts: Iterable[bytes]) -> bytes:
-    return b"".join(len(p).to_bytes(8, "big") + p for p in parts)
-
-
-def _pairs(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Iterable[tuple[str, str]]:
-    if isinstance(headers, Mapping):
-        return cast(Iterable[tuple[str, str]], headers.items())
-    return headers
-
-
-class ResponseCache:
-    """The policy the proxy calls; see the module docstring for why it exists."""
-
-    def __init__(
-        self,
-        backend: CacheBackend,
-        *,
-        clock: Clock,
-        metrics: Metrics,
-        observer: Observer,
-        fresh_seconds: float,
-        stale_seconds: float,
-        max_entry_bytes: int,
-    ) -> None:
-        self.backend = backend
-        self._clock = clock
-        self._metrics = metrics
-        self._observer = observer
-        self.fresh_seconds = max(0.0, fresh_seconds)
-        self.stale_seconds = max(0.0, stale_seconds)
-        self.max_entry_bytes = max_entry_bytes
-        self._flights: dict[CacheKey, asyncio.Future[Any]] = {}
-
-    @property
-    def enabled(self) -> bool:
-        return self.fresh_seconds > 0 or self.stale_seconds > 0
-
-    # --- what is a read, and its key ------------------------------------------------------
-
-    @staticmethod
-    def is_read(method: str, path_rest: str) -> bool:
-        """GET, or a POST to .../query (QBO's query endpoint reads, whatever the verb)."""
-        verb = method.upper()
-        if verb == "GET":
-            return True
-        if verb != "POST":
-            return False
-        path = path_rest.split("?", 1)[0].rstrip("/")
-        return path.rsplit("/", 1)[-1].lower() == "query"
-
-    @staticmethod
-    def key_for(
-        realm_id: str,
-        method: str,
-        path: str,
-        query: Iterable[tuple[str, str]],
-        body: bytes,
-        accept: str | None,
-    ) -> CacheKey:
-        canonical_query = sorted(
-            (name, value) for name, value in query if name.lower() not in _IGNORED_QUERY_PARAMS
+    async def send(self, req: QboRequest, cache_control: str | None, rec: RequestRecord) -> Answer:
+        if not req.read or not self.cache.enabled:
+            return await self._bypass(req, rec)
+        target = req.target
+        key = key_for(
+            target.realm_id,
+            req.method,
+            target.rest,
+            query_pairs(target.query),
+            req.body or b"",
+            req.headers.get("Accept"),
         )
-        material = _length_prefixed(
-            [
-                b"qbo-gateway-cache-v1",
-                _utf8(realm_id),
-                _utf8(method.upper()),
-                _utf8(path),
-                _length_prefixed(
-                    _length_prefixed([_utf8(n), _utf8(v)]) for n, v in canonical_query
-                ),
-                hashlib.sha256(body).digest(),
-                _utf8((accept or "").strip() or _DEFAULT_ACCEPT),
-            ]
-        )
-        return CacheKey(realm_id, hashlib.sha256(material).hexdigest())
+        if self.cache.fresh_seconds > 0:
+            return await self._fresh_read(req, key, cache_control, rec)
+        # Nothing stored can answer before QBO is asked (no freshness), so the entry is only
+        # looked up if QBO fails: no cache round trip on the way to a success.
+        slot = _Slot(key, None, cache_control, None, "miss", looked_up=False)
+        return await self._read(req, slot, rec)
 
-    # --- lookup and judgement ---------------------------------------------------------
+    async def _bypass(self, req: QboRequest, rec: RequestRecord) -> Answer:
+        rec.cache_status = cache_status_for_upstream(stored=False, cacheable=False)
+        exchange = await self._qbo.call(req, rec)
+        if not req.read and 200 <= exchange.response.status < 300:
+            await self.cache.end_freshness(req.target.realm_id)
+        return Relay(exchange)
 
-    async def lookup(self, key: CacheKey) -> CacheLookup:
-        """Never fails: an unreachable or corrupt backend is a miss."""
-        if not self.enabled:
-            return CacheLookup(None, None)
+    async def _read(self, req: QboRequest, slot: _Slot, rec: RequestRecord) -> Answer:
+        """Freshness off: QBO's answer streams back and a copy is stored."""
+        rec.cache_status = cache_status_for_upstream(stored=False, cacheable=True, fwd=slot.fwd)
         try:
-            entry, epoch = await self.backend.get(key.realm_id, key.digest)
-        except (StateUnavailable, ValueError) as exc:  # ValueError: CorruptEntry, bad epoch
-            log.debug("cache_lookup_failed", error=type(exc).__name__)
-            self._event("miss")
-            return CacheLookup(None, None)
-        if entry is not None and entry.realm_id != key.realm_id:
-            entry = None
-        self._event("hit" if entry is not None else "miss")
-        return CacheLookup(entry, epoch)
+            exchange = await self._qbo.call(req, rec)
+        except GatewayError as err:
+            return await self._stale_or_raise(slot, err, rec)
+        status = exchange.response.status
+        if exchange.fault in _FAILED:
+            reason = degraded_reason_for_upstream(status, exchange.body)
+            stale = await self._stale(slot, reason, status, rec)
+            if stale is not None:
+                exchange.close()
+                return stale
+        keep = self._keep(slot) if exchange.fault is FaultClass.OK else None
+        return Relay(exchange, keep)
 
-    def fresh(self, entry: CachedEntry) -> bool:
-        """Young enough to serve without asking QBO, and no write to the realm since."""
-        return (
-            self.fresh_seconds > 0
-            and entry.age(self._clock.now()) < self.fresh_seconds
-            and entry.fresh_epoch == entry.realm_epoch
-        )
-
-    def servable_stale(self, entry: CachedEntry) -> bool:
-        return entry.age(self._clock.now()) < self.stale_seconds
-
-    def forward_reason(self, entry: CachedEntry | None, request_cache_control: str | None) -> str:
-        """Why a read goes upstream, for `cache_status_for_upstream(fwd=...)`."""
-        if entry is None:
-            return "uri-miss"
-        if self.fresh(entry) and not allows_fresh(request_cache_control):
-            return "request"
-        return "stale"
-
-    # --- store --------------------------------------------------------------------------
-
-    def storable(
-        self, status: int, body: bytes, *, request_cache_control: str | None = None
-    ) -> bool:
-        """Only a plain success, small enough, that the caller let us keep."""
-        return (
-            self.enabled
-            and status == 200
-            and len(body) <= self.max_entry_bytes
-            and allows_store(request_cache_control)
-            and parse_fault(body) is None
-        )
-
-    async def store(
-        self,
-        key: CacheKey,
-        status: int,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]],
-        body: bytes,
-        *,
-        request_cache_control: str | None,
-        epoch: int | None = None,
-    ) -> bool:
-        """Store a read's answer if storable; True when stored. Never fails.
-
-        `epoch` is `CacheLookup.epoch` from before the upstream call; without it the
-        current epoch is read, and a write that finished during this read goes unseen.
-        """
-        if not self.storable(status, body, request_cache_control=request_cache_control):
-            self._event("skip")
-            return False
-        kept = tuple((k, v) for k, v in _pairs(headers) if k.lower() in _CONTENT_HEADERS)
+    async def _fresh_read(
+        self, req: QboRequest, key: CacheKey, cache_control: str | None, rec: RequestRecord
+    ) -> Answer:
+        """Freshness on: a fresh hit, or one buffered call shared by concurrent misses."""
+        cache = self.cache
+        found = await cache.lookup(key)
+        entry = found.entry
+        if entry is not None and cache.fresh(entry) and allows_fresh(cache_control):
+            rec.outcome, rec.code = "cache_hit", str(entry.status)
+            hit = cache.hit_response(entry)
+            rec.cache_status = hit.headers["Cache-Status"]
+            return hit
+        fwd = cache.forward_reason(entry, cache_control)
+        slot = _Slot(key, entry, cache_control, found.epoch, fwd)
+        rec.cache_status = cache_status_for_upstream(stored=False, cacheable=True, fwd=fwd)
         try:
-            if epoch is None and self.fresh_seconds <= 0:
-                # Without freshness nothing is ever served young, so no epoch is read (one
-                # Redis round trip less per read); -1 matches no realm epoch, so even a
-                # replica configured with freshness never takes this entry as fresh.
-                epoch = -1
-            elif epoch is None:
-                epoch = await self.backend.epoch(key.realm_id)
-            entry = CachedEntry(
-                realm_id=key.realm_id,
-                status=status,
-                headers=kept,
-                body=body,
-                stored_at=self._clock.now(),
-                fresh_epoch=epoch,
-            )
-            stored = await self.backend.put(
-                key.realm_id,
-                key.digest,
-                entry,
-                ttl=max(self.fresh_seconds, self.stale_seconds),
-            )
-        except StateUnavailable as exc:
-            log.debug("cache_store_failed", error=type(exc).__name__)
-            stored = False
-        self._event("store" if stored else "skip")
-        return stored
+            result = await self._flights.run(key, lambda: self._buffered(req, slot))
+        except GatewayError as err:
+            return await self._stale_or_raise(slot, err, rec)
+        return await self._from_buffered(result, slot, rec)
 
-    async def end_freshness(self, realm_id: str) -> None:
-        """After a successful write: the realm's stored reads stay servable only as stale."""
-        # Also while freshness is off: a replica (or a restart) with it on must not find
-        # reads stored before this write still fresh.
-        if not self.enabled:
-            return
-        try:
-            await self.backend.end_freshness(realm_id)
-        except StateUnavailable as exc:
-            # Without the shared epoch, replicas may serve a pre-write read as fresh for at
-            # most fresh_seconds; the write itself has succeeded and must not fail.
-            log.warning("cache_end_freshness_failed", realm_id=realm_id, error=type(exc).__name__)
+    async def _buffered(self, req: QboRequest, slot: _Slot) -> _Buffered:
+        rec = RequestRecord(request_id="flight", method=req.method)
+        exchange = await self._qbo.call(req, rec)
+        data = await exchange.read_whole()
+        headers = list(returned_headers(exchange.response.headers).items())
+        status = exchange.response.status
+        stored = False
+        if exchange.fault is FaultClass.OK:
+            stored = await self._store(slot, status, headers, data)
+        return _Buffered(status, headers, data, exchange.fault, stored, rec)
 
-    # --- single flight ------------------------------------------------------------------
-
-    async def fetch_once(self, key: CacheKey, fetch: Callable[[], Awaitable[T]]) -> T:
-        """Concurrent fresh misses of one key share one upstream call (freshness on only).
-
-        The shared call runs as its own task, so one caller going away does not cancel it for
-        the others; every caller gets the same result (so `T` should be plain data: status,
-        headers, body bytes) or the same exception. Do the `store` inside `fetch`, so a caller
-        arriving just after the call finishes finds the entry instead of starting another.
-        """
-        if self.fresh_seconds <= 0:
-            return await fetch()
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(fetch())
-            self._flights[key] = flight
-            flight.add_done_callback(lambda done: self._land(key, done))
-        return cast(T, await asyncio.shield(flight))
-
-    def _land(self, key: CacheKey, done: asyncio.Future[Any]) -> None:
-        if self._flights.get(key) is done:
-            del self._flights[key]
-        if not done.cancelled():
-            done.exception()  # retrieved here so a flight nobody awaits anymore logs nothing
-
-    # --- answers from the cache ---------------------------------------------------------
-
-    def hit_response(self, entry: CachedEntry) -> web.Response:
-        """A fresh entry served without asking QBO."""
-        age = entry.age(self._clock.now())
-        ttl = max(0, math.floor(self.fresh_seconds - age))
-        headers = self._entry_headers(entry, age)
-        headers["Cache-Status"] = f"{CACHE_NAME}; hit; ttl={ttl}"
-        return web.Response(status=entry.status, body=entry.body, headers=headers)
-
-    def stale_response(
-        self, entry: CachedEntry, reason: str, *, fwd_status: int | None = None
+    async def _from_buffered(
+        self, result: _Buffered, slot: _Slot, rec: RequestRecord
     ) -> web.Response:
-        """A stored read served because QBO failed; counted, and reported to health."""
-        if reason not in DEGRADED_REASONS:
-            raise ValueError(f"unknown degraded reason {reason!r}")
-        age = entry.age(self._clock.now())
-        ttl = math.floor(self.fresh_seconds - age)
-        headers = self._entry_headers(entry, age)
-        headers[DEGRADED_HEADER] = reason
-        if fwd_status is not None or reason in _FORWARDED_REASONS:
-            status_part = f"; fwd-status={fwd_status}" if fwd_status is not None else ""
-            cache_status = f"{CACHE_NAME}; fwd=stale{status_part}; ttl={ttl}; detail={reason}"
-        else:
-            cache_status = f"{CACHE_NAME}; hit; ttl={ttl}; detail={reason}"
-        headers["Cache-Status"] = cache_status
-        self._metrics.stale_served.labels(reason=reason).inc()
-        self._observer.stale_served(entry.realm_id, reason=reason, age=age)
-        return web.Response(status=entry.status, body=entry.body, headers=headers)
+        rec.attempts = result.rec.attempts
+        rec.upstream_seconds = result.rec.upstream_seconds
+        rec.intuit_tid = result.rec.intuit_tid
+        rec.fault = result.fault
+        if result.fault in _FAILED:
+            reason = degraded_reason_for_upstream(result.status, result.body)
+            stale = await self._stale(slot, reason, result.status, rec)
+            if stale is not None:
+                return stale
+        rec.outcome, rec.code = "upstream", str(result.status)
+        if result.stored:
+            rec.cache_status = cache_status_for_upstream(stored=True, cacheable=True, fwd=slot.fwd)
+        headers = CIMultiDict(result.headers)
+        headers["Cache-Status"] = rec.cache_status
+        headers["X-Request-Id"] = rec.request_id
+        return web.Response(status=result.status, headers=headers, body=result.body)
 
-    def _entry_headers(self, entry: CachedEntry, age: float) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict(entry.headers)
-        headers["Age"] = str(math.floor(age))
-        return headers
+    async def _stale_or_raise(
+        self, slot: _Slot, err: GatewayError, rec: RequestRecord
+    ) -> web.Response:
+        stale = await self._stale(slot, degraded_reason(err), err.status, rec)
+        if stale is None:
+            raise err
+        return stale
 
-    def _event(self, event: str) -> None:
-        self._metrics.cache_events.labels(event=event).inc()
+    async def _stale(
+        self, slot: _Slot, reason: str | None, fwd_status: int | None, rec: RequestRecord
+    ) -> web.Response | None:
+        """The stored read answering a failure, when the reason and the caller allow it."""
+        if reason is None or not allows_stale(slot.cache_control):
+            return None
+        entry = slot.entry if slot.looked_up else (await self.cache.lookup(slot.key)).entry
+        if entry is None or not self.cache.servable_stale(entry):
+            return None
+        resp = self.cache.stale_response(entry, reason, fwd_status=fwd_status)
+        rec.outcome, rec.degraded, rec.code = "stale", reason, str(entry.status)
+        rec.cache_status = resp.headers["Cache-Status"]
+        return resp
+
+    def _keep(self, slot: _Slot) -> Keep:
+        async def store(status: int, headers: CIMultiDict[str], body: bytes) -> bool:
+            return await self._store(slot, status, list(headers.items()), body)
+
+        return Keep(self.cache.max_entry_bytes, store)
+
+    async def _store(
+        self, slot: _Slot, status: int, headers: list[tuple[str, str]], body: bytes
+    ) -> bool:
+        return await self.cache.store(
+            slot.key,
+            status,
+            headers,
+            body,
+            request_cache_control=slot.cache_control,
+            epoch=slot.epoch,
+        )

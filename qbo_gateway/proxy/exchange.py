@@ -16,9 +16,15 @@ import aiohttp
 from multidict import CIMultiDict
 
 from qbo_gateway.admission.records import Admission, BreakerState, Outcome, Verdict
-from qbo_gateway.admission.retry import Failure, RetryPolicy
+from qbo_gateway.admission.retry import Failure, RetryPlan, RetryPolicy
 from qbo_gateway.clock import Clock
-from qbo_gateway.faults import FaultClass, GatewayError, UpstreamTimeout, classify
+from qbo_gateway.faults import (
+    FaultClass,
+    GatewayError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    classify,
+)
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.proxy.access_log import RequestRecord
 from qbo_gateway.proxy.paths import Target
@@ -46,20 +52,16 @@ class AdmissionGate(Protocol):
     ) -> None: ...
 
 
-class OpenGate:
-    """Admits everything: for tests of the proxy alone."""
+@dataclass(frozen=True)
+class QboRequest:
+    """What is sent to QBO for one caller request, the same for every attempt."""
 
-    async def acquire(self, realm_id: str, *, batch: bool, deadline: float) -> Admission:
-        return Admission(verdict=Verdict.ADMIT)
-
-    def release(
-        self,
-        realm_id: str,
-        admission: Admission,
-        outcome: Outcome,
-        retry_after: float | None = None,
-    ) -> None:
-        return None
+    method: str
+    target: Target
+    headers: CIMultiDict[str]
+    body: bytes | None
+    deadline: float  # on the injected clock's monotonic time
+    read: bool  # safe to repeat and to cache (`paths.is_read`)
 
 
 @dataclass
@@ -71,7 +73,39 @@ class Exchange:
     fault: FaultClass
     body: bytes | None  # set when the body was read to classify it
     outcome: Outcome
+    realm_id: str
+    gate: AdmissionGate
     retry_after: float | None = None
+
+    def settle(self) -> None:
+        """Free the admission slot and report the outcome; once the body is done."""
+        self.gate.release(self.realm_id, self.admission, self.outcome, self.retry_after)
+
+    def close(self) -> None:
+        """Settle and give the connection back, the body unread (an answer not relayed)."""
+        self.settle()
+        self.response.release()
+
+    async def read_whole(self) -> bytes:
+        """The whole body; settled and released however the read ends."""
+        try:
+            if self.body is None:
+                self.body = await self.response.read()
+            return self.body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.outcome = Outcome.FAILURE
+            raise UpstreamUnavailable("QBO broke off the response") from exc
+        finally:
+            self.close()
+
+
+@dataclass
+class _Attempt:
+    """One admitted attempt: its slot, the token it carries, the breaker it saw."""
+
+    admission: Admission
+    token: str
+    breaker: BreakerState
 
 
 def _retry_after(headers: CIMultiDict[str] | object) -> float | None:
@@ -93,6 +127,8 @@ def _outcome_for(fault: FaultClass) -> Outcome:
 
 
 class QboCaller:
+    """Sends one logical request to QBO; the gate and the retry policy are always given."""
+
     def __init__(
         self,
         *,
@@ -102,8 +138,8 @@ class QboCaller:
         upstream: Upstream,
         clock: Clock,
         metrics: Metrics,
-        gate: AdmissionGate | None = None,
-        retry: RetryPolicy | None = None,
+        gate: AdmissionGate,
+        retry: RetryPolicy,
     ) -> None:
         self.api_base = api_base.rstrip("/")
         self.minor_version = minor_version
@@ -111,72 +147,25 @@ class QboCaller:
         self.upstream = upstream
         self.clock = clock
         self.metrics = metrics
-        self.gate = gate or OpenGate()
-        self.retry = retry or RetryPolicy()
+        self.gate = gate
+        self.retry = retry
 
-    async def call(
-        self,
-        method: str,
-        target: Target,
-        headers: CIMultiDict[str],
-        body: bytes | None,
-        deadline: float,
-        rec: RequestRecord,
-    ) -> Exchange:
-        realm = target.realm_id
-        url = target.upstream_url(self.api_base, self.minor_version)
-        plan = self.retry.start(realm, method, f"/v3/company/{realm}/{target.rest}")
+    async def call(self, req: QboRequest, rec: RequestRecord) -> Exchange:
+        realm = req.target.realm_id
+        plan = self.retry.start(realm, read=req.read)
         auth_replayed = False
         while True:
-            admission = await self.gate.acquire(realm, batch=target.is_batch, deadline=deadline)
-            try:
-                token = await self.tokens.access_token(realm)
-            except BaseException:
-                self.gate.release(realm, admission, Outcome.ABANDONED)
-                raise
-            out = headers.copy()
-            out["Authorization"] = f"Bearer {token}"
-            rec.attempts += 1
-            breaker = BreakerState.HALF_OPEN if admission.probe else BreakerState.CLOSED
-            t0 = self.clock.monotonic()
-            try:
-                response = await self.upstream.send(
-                    UpstreamRequest(method, url, out, body),
-                    budget=deadline - self.clock.monotonic(),
-                )
-            except GatewayError as err:
-                elapsed = self.clock.monotonic() - t0
-                rec.upstream_seconds += elapsed
-                result = "timeout" if isinstance(err, UpstreamTimeout) else "connection_error"
-                self.metrics.upstream_duration.labels(result=result).observe(elapsed)
-                rec.fault = FaultClass.UPSTREAM_FAILURE
-                self.gate.release(realm, admission, Outcome.FAILURE)
-                refused = isinstance(err, UpstreamConnectError)
-                decision = plan.after_failure(
-                    Failure.REFUSED if refused else Failure.CONNECTION,
-                    remaining=deadline - self.clock.monotonic(),
-                    breaker=breaker,
-                )
-                if not decision.retry:
-                    raise
-                self.metrics.upstream_retries.labels(cause=decision.why).inc()
-                await self.clock.sleep(decision.delay)
-                continue
-            elapsed = self.clock.monotonic() - t0
-            rec.upstream_seconds += elapsed
-            rec.intuit_tid = response.headers.get("intuit_tid") or rec.intuit_tid
-            error_body: bytes | None = None
-            if response.status >= 400:
-                error_body = await _read_bounded(response, _ERROR_BODY_LIMIT)
-            fault = classify(response.status, error_body)
-            rec.fault = fault
-            self.metrics.upstream_duration.labels(result=fault.value).observe(elapsed)
-            retry_after = _retry_after(response.headers)
-            if fault is FaultClass.AUTHENTICATION and not auth_replayed:
+            attempt = await self._admit(req)
+            sent = await self._send(req, attempt, plan, rec)
+            if sent is None:
+                continue  # a connection failure the plan retries
+            response, elapsed = sent
+            exchange = await self._received(req, response, attempt, rec, elapsed)
+            if exchange.fault is FaultClass.AUTHENTICATION and not auth_replayed:
                 # An expired or revoked access token says nothing about QBO's health.
-                self.gate.release(realm, admission, Outcome.ABANDONED)
+                self.gate.release(realm, attempt.admission, Outcome.ABANDONED)
                 try:
-                    fresh = await self.tokens.after_unauthorized(realm, token)
+                    fresh = await self.tokens.after_unauthorized(realm, attempt.token)
                 except BaseException:
                     response.release()
                     raise
@@ -185,27 +174,104 @@ class QboCaller:
                     auth_replayed = True
                     continue
                 # Released above; a placeholder that `settle` records nothing for.
-                admission = Admission(verdict=Verdict.REFUSE)
-            if fault is FaultClass.UPSTREAM_FAILURE:
-                decision = plan.after_failure(
-                    Failure.STATUS,
-                    status=response.status,
-                    retry_after=retry_after,
-                    remaining=deadline - self.clock.monotonic(),
-                    breaker=breaker,
-                )
-                if decision.retry:
-                    self.gate.release(realm, admission, Outcome.FAILURE)
-                    response.release()
-                    self.metrics.upstream_retries.labels(cause=decision.why).inc()
-                    await self.clock.sleep(decision.delay)
-                    continue
-            return Exchange(
-                response, admission, fault, error_body, _outcome_for(fault), retry_after
-            )
+                exchange.admission = Admission(verdict=Verdict.REFUSE)
+            failed = exchange.fault is FaultClass.UPSTREAM_FAILURE
+            if failed and await self._retried_status(exchange, plan, attempt.breaker, req):
+                continue
+            return exchange
 
-    def settle(self, realm_id: str, exchange: Exchange) -> None:
-        self.gate.release(realm_id, exchange.admission, exchange.outcome, exchange.retry_after)
+    async def _admit(self, req: QboRequest) -> _Attempt:
+        realm = req.target.realm_id
+        admission = await self.gate.acquire(realm, batch=req.target.is_batch, deadline=req.deadline)
+        try:
+            token = await self.tokens.access_token(realm)
+        except BaseException:
+            self.gate.release(realm, admission, Outcome.ABANDONED)
+            raise
+        breaker = BreakerState.HALF_OPEN if admission.probe else BreakerState.CLOSED
+        return _Attempt(admission, token, breaker)
+
+    async def _send(
+        self, req: QboRequest, attempt: _Attempt, plan: RetryPlan, rec: RequestRecord
+    ) -> tuple[aiohttp.ClientResponse, float] | None:
+        """One attempt's answer and its time; None when it failed and is to be retried."""
+        out = req.headers.copy()
+        out["Authorization"] = f"Bearer {attempt.token}"
+        url = req.target.upstream_url(self.api_base, self.minor_version)
+        rec.attempts += 1
+        t0 = self.clock.monotonic()
+        try:
+            response = await self.upstream.send(
+                UpstreamRequest(req.method, url, out, req.body),
+                budget=req.deadline - self.clock.monotonic(),
+            )
+        except GatewayError as err:
+            elapsed = self.clock.monotonic() - t0
+            rec.upstream_seconds += elapsed
+            result = "timeout" if isinstance(err, UpstreamTimeout) else "connection_error"
+            self.metrics.upstream_duration.labels(result=result).observe(elapsed)
+            rec.fault = FaultClass.UPSTREAM_FAILURE
+            self.gate.release(req.target.realm_id, attempt.admission, Outcome.FAILURE)
+            refused = isinstance(err, UpstreamConnectError)
+            decision = plan.after_failure(
+                Failure.REFUSED if refused else Failure.CONNECTION,
+                remaining=req.deadline - self.clock.monotonic(),
+                breaker=attempt.breaker,
+            )
+            if not decision.retry:
+                raise
+            self.metrics.upstream_retries.labels(cause=decision.why).inc()
+            await self.clock.sleep(decision.delay)
+            return None
+        elapsed = self.clock.monotonic() - t0
+        rec.upstream_seconds += elapsed
+        return response, elapsed
+
+    async def _received(
+        self,
+        req: QboRequest,
+        response: aiohttp.ClientResponse,
+        attempt: _Attempt,
+        rec: RequestRecord,
+        elapsed: float,
+    ) -> Exchange:
+        """Classify an answer (reading an error body, bounded) into an `Exchange`."""
+        rec.intuit_tid = response.headers.get("intuit_tid") or rec.intuit_tid
+        error_body: bytes | None = None
+        if response.status >= 400:
+            error_body = await _read_bounded(response, _ERROR_BODY_LIMIT)
+        fault = classify(response.status, error_body)
+        rec.fault = fault
+        self.metrics.upstream_duration.labels(result=fault.value).observe(elapsed)
+        return Exchange(
+            response,
+            attempt.admission,
+            fault,
+            error_body,
+            _outcome_for(fault),
+            req.target.realm_id,
+            self.gate,
+            _retry_after(response.headers),
+        )
+
+    async def _retried_status(
+        self, exchange: Exchange, plan: RetryPlan, breaker: BreakerState, req: QboRequest
+    ) -> bool:
+        """True when a failed status is retried (the attempt released, the delay slept)."""
+        decision = plan.after_failure(
+            Failure.STATUS,
+            status=exchange.response.status,
+            retry_after=exchange.retry_after,
+            remaining=req.deadline - self.clock.monotonic(),
+            breaker=breaker,
+        )
+        if not decision.retry:
+            return False
+        self.gate.release(exchange.realm_id, exchange.admission, Outcome.FAILURE)
+        exchange.response.release()
+        self.metrics.upstream_retries.labels(cause=decision.why).inc()
+        await self.clock.sleep(decision.delay)
+        return True
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:

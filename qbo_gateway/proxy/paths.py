@@ -9,6 +9,7 @@ origin is fixed by settings; only the checked path and the raw query are appende
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -79,6 +80,31 @@ class Target:
     def with_query(self, query: str) -> Target:
         return Target(self.realm_id, self.rest, query)
 
+    def with_requestid(self, new_id: Callable[[], str]) -> Target:
+        """This target with a `requestid`, kept from the caller when it sent one.
+
+        Computed once per logical write and reused for every attempt, so QBO recognises a
+        repeated write as the same one.
+        """
+        if _has_param(self.query, "requestid"):
+            return self
+        param = f"requestid={new_id()}"
+        return self.with_query(f"{self.query}&{param}" if self.query else param)
+
+
+def is_read(method: str, path: str) -> bool:
+    """Safe to repeat and to cache: GET, or a POST to QBO's query endpoint.
+
+    `path` is the request path (whole, or the part after the realm); only its last segment
+    counts, so `.../query` and `.../Query/` read while `.../batch` does not.
+    """
+    verb = method.upper()
+    if verb == "GET":
+        return True
+    if verb != "POST":
+        return False
+    return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].lower() == "query"
+
 
 def _has_param(query: str, name: str) -> bool:
     return any(part.split("=", 1)[0].lower() == name for part in query.split("&") if part)
@@ -104,10 +130,6 @@ def check_path(raw_target: str) -> Target:
     if "#" in query:
         raise BadPath("A fragment is not allowed in the request target")
     return Target(realm_id, rest, query)
-
-
-def query_has(query: str, name: str) -> bool:
-    return _has_param(query, name)
 
 
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
