@@ -1,6 +1,6 @@
 """How long /health/summary and /health/dashboard take with 10,000 realms.
 
-Builds a HealthMonitor over 10,000 fake realms (tokens, traffic, some alerts and past
+Builds the health subsystem over 10,000 fake realms (tokens, traffic, some alerts and past
 incidents), serves the health API on a real local port and times each route over HTTP.
 `--examples` prints one example of each JSON shape instead (for the README).
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qbo_gateway.admission.records import BreakerState, RealmLoad
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.faults import FaultClass
-from qbo_gateway.health.monitor import HealthMonitor
 from qbo_gateway.health.store_memory import MemoryHealthStore
+from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.ops.health_api import add_health_routes
 from qbo_gateway.tokens.records import TokenStatus
@@ -35,7 +35,7 @@ from qbo_gateway.tokens.records import TokenStatus
 DAY = 86400.0
 
 
-def build(realms: int) -> tuple[HealthMonitor, ManualClock, list[str]]:
+def build(realms: int) -> tuple[Health, ManualClock, list[str]]:
     clock = ManualClock()
     ids = [str(9_100_000_000_000_000 + i) for i in range(realms)]
     now = clock.now()
@@ -66,26 +66,28 @@ def build(realms: int) -> tuple[HealthMonitor, ManualClock, list[str]]:
     async def probe(realm_id: str) -> None:
         return None
 
-    monitor = HealthMonitor(
+    monitor = build_health(
+        HealthOptions(autostart=False),
         store=MemoryHealthStore(history_seconds=DAY),
         clock=clock,
         metrics=Metrics(CollectorRegistry()),
-        realm_ids=realm_ids,
-        token_statuses=token_statuses,
-        token_status=token_status,
-        load=load,
-        probe=probe,
-        autostart=False,
+        sources=HealthSources(
+            realm_ids=realm_ids,
+            token_statuses=token_statuses,
+            token_status=token_status,
+            load=load,
+            probe=probe,
+        ),
     )
     return monitor, clock, ids
 
 
-def feed(monitor: HealthMonitor, clock: ManualClock, ids: list[str]) -> None:
+def feed(monitor: Health, clock: ManualClock, ids: list[str]) -> None:
     """A day of traffic in 24 steps: every realm busy, a few failing and recovering."""
     for hour in range(24):
         for i, realm in enumerate(ids):
             for n in range(3):
-                monitor.request_finished(
+                monitor.observer.request_finished(
                     realm,
                     outcome="upstream",
                     status=200,
@@ -94,7 +96,7 @@ def feed(monitor: HealthMonitor, clock: ManualClock, ids: list[str]) -> None:
                 )
             if i % 50 == hour % 50:  # a short outage, recovered next hour
                 for _ in range(3):
-                    monitor.request_finished(
+                    monitor.observer.request_finished(
                         realm,
                         outcome="error",
                         status=502,
@@ -104,9 +106,9 @@ def feed(monitor: HealthMonitor, clock: ManualClock, ids: list[str]) -> None:
         clock.advance(3600)
     for i, realm in enumerate(ids):
         if i % 400 == 0:
-            monitor.breaker_changed(realm, BreakerState.OPEN)
+            monitor.observer.breaker_changed(realm, BreakerState.OPEN)
         if i % 333 == 0:
-            monitor.throttled(realm, until=clock.now() + 60)
+            monitor.observer.throttled(realm, until=clock.now() + 60)
 
 
 async def timed(session: aiohttp.ClientSession, url: str, runs: int) -> tuple[list[float], int]:
@@ -140,7 +142,7 @@ async def main() -> None:
 
     monitor, clock, ids = build(3 if args.examples else args.realms)
     await monitor.open(background=False)
-    await monitor.refresh_tokens(force=True)
+    await monitor.token_rules.refresh(force=True)
     started = time.perf_counter()
     feed(monitor, clock, ids)
     feed_seconds = time.perf_counter() - started

@@ -25,8 +25,7 @@ from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
 from qbo_gateway.backends import build_backends
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
-from qbo_gateway.health.alerts import AlertThresholds
-from qbo_gateway.health.monitor import HealthMonitor
+from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
 from qbo_gateway.logs import register_secrets
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth.connect import (
@@ -64,7 +63,7 @@ class Gateway:
     tokens: TokenManager
     admitter: Admitter
     cache: ResponseCache
-    monitor: HealthMonitor
+    health: Health
     proxy: Proxy
     proxy_app: web.Application
     ops_app: web.Application
@@ -75,7 +74,7 @@ class Gateway:
 
     async def start_background(self) -> None:
         """Start the loops a daemon runs (refresher, monitor); tests may skip them."""
-        await self.monitor.open(background=True)
+        await self.health.open(background=True)
         self.background.append(
             asyncio.create_task(
                 self.tokens.run_refresher(self.settings.refresh_interval_seconds),
@@ -92,7 +91,7 @@ class Gateway:
         # A refresh in flight is never cut off: its new pair must be stored first.
         await self.tokens.drain()
         await self.admitter.drain()
-        await self.monitor.close()
+        await self.health.close()
         for closer in reversed(self.closers):
             with contextlib.suppress(Exception):
                 await closer()
@@ -178,31 +177,23 @@ async def build_gateway(
     async def token_status(realm_id: str) -> TokenStatus | None:
         return await tokens.status(realm_id)
 
-    observer = HealthMonitor(
+    health = build_health(
+        HealthOptions.from_settings(settings),
         store=health_store,
         clock=clock,
         metrics=metrics,
-        realm_ids=realm_ids,
-        token_statuses=token_statuses,
-        token_status=token_status,
-        load=admission.load,
-        probe=probe,
-        interval=settings.monitor_interval_seconds,
-        history_seconds=settings.health_history_seconds,
-        autostart=settings.monitor_autostart,
-        thresholds=AlertThresholds(
-            slow_warning=settings.alert_slow_warning_seconds,
-            slow_critical=settings.alert_slow_critical_seconds,
-            failures_warning=settings.alert_failures_warning,
-            failures_critical=settings.alert_failures_critical,
-            expiry_warning_days=settings.alert_refresh_expiry_warning_days,
-            expiry_critical_days=settings.alert_refresh_expiry_critical_days,
+        sources=HealthSources(
+            realm_ids=realm_ids,
+            token_statuses=token_statuses,
+            token_status=token_status,
+            load=admission.load,
+            probe=probe,
         ),
-        webhook_url=settings.alert_webhook_url,
         session=session,
         policy=policy,
         backend_up=lambda: availability.up,
     )
+    observer = health.observer
     admitter = Admitter(admission, policy=policy, clock=clock, metrics=metrics, observer=observer)
     cache = ResponseCache(
         cache_backend,
@@ -285,7 +276,7 @@ async def build_gateway(
         return admin_authorized(request, admin_token)
 
     ops_app.add_routes(connect_routes(flow, guard=admin_guard))
-    add_health_routes(ops_app, observer, admin_token=admin_token)
+    add_health_routes(ops_app, health, admin_token=admin_token)
     gateway = Gateway(
         settings=settings,
         clock=clock,
@@ -298,7 +289,7 @@ async def build_gateway(
         tokens=tokens,
         admitter=admitter,
         cache=cache,
-        monitor=observer,
+        health=health,
         proxy=proxy,
         proxy_app=proxy_app,
         ops_app=ops_app,
@@ -308,7 +299,7 @@ async def build_gateway(
     _add_readiness_checks(gateway, cipher_ok=True)
     await availability.check()
     # Writers only; the monitor loop and housekeeping start with the daemon.
-    await observer.open(background=False)
+    await health.open(background=False)
     await _bootstrap_realm(gateway)
     return gateway
 

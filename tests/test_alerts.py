@@ -13,14 +13,15 @@ from prometheus_client import CollectorRegistry
 
 from qbo_gateway.admission.records import BreakerState, RealmLoad
 from qbo_gateway.clock import ManualClock
-from qbo_gateway.health.alerts import (
+from qbo_gateway.health.alert_rules import (
     AlertThresholds,
     expiry_severity,
     failures_severity,
     slow_severity,
 )
-from qbo_gateway.health.monitor import HealthMonitor
+from qbo_gateway.health.grading import realm_status
 from qbo_gateway.health.store_memory import AlertRecord
+from qbo_gateway.health.wiring import Health
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.tokens.records import TokenRecord
 from tests.test_health import DAY, FakeGateway, fail, make_monitor, ok
@@ -55,12 +56,12 @@ def test_rule_thresholds() -> None:
     ]
 
 
-async def alerts_of(monitor: HealthMonitor, kind: str) -> list[AlertRecord]:
+async def alerts_of(monitor: Health, kind: str) -> list[AlertRecord]:
     await monitor.flush()
     return [a for a in await monitor.alerts.list_alerts() if a.kind == kind]
 
 
-async def check_ack(monitor: HealthMonitor, kind: str) -> AlertRecord:
+async def check_ack(monitor: Health, kind: str) -> AlertRecord:
     """Ack the one active alert of `kind`: it stays active (acknowledged), same id."""
     (alert,) = [a for a in await alerts_of(monitor, kind) if a.active]
     acked = await monitor.alerts.ack(alert.id, by="oncall")
@@ -70,7 +71,7 @@ async def check_ack(monitor: HealthMonitor, kind: str) -> AlertRecord:
     return acked
 
 
-def setup(**kwargs: Any) -> tuple[FakeGateway, HealthMonitor, Metrics]:
+def setup(**kwargs: Any) -> tuple[FakeGateway, Health, Metrics]:
     gw = FakeGateway(ManualClock())
     gw.add_realm("123")
     metrics = Metrics(CollectorRegistry())
@@ -129,33 +130,35 @@ async def test_slow_responses_raise_escalate_dedupe_resolve_ack() -> None:
     (done,) = await alerts_of(monitor, "slow_responses")
     assert done.state == "resolved"
     # Refused or cached answers say nothing about QBO's speed.
-    monitor.request_finished("123", outcome="cache_hit", status=200, latency=30.0, fault=None)
+    monitor.observer.request_finished(
+        "123", outcome="cache_hit", status=200, latency=30.0, fault=None
+    )
     assert not [a for a in await alerts_of(monitor, "slow_responses") if a.active]
 
 
 async def test_circuit_open_raise_dedupe_resolve_ack() -> None:
     _gw, monitor, _ = setup()
-    monitor.breaker_changed("123", BreakerState.OPEN)
+    monitor.observer.breaker_changed("123", BreakerState.OPEN)
     (alert,) = await alerts_of(monitor, "circuit_open")
     assert alert.severity == "critical"
     await check_ack(monitor, "circuit_open")
-    monitor.breaker_changed("123", BreakerState.HALF_OPEN)  # still recovering: same alert
-    monitor.breaker_changed("123", BreakerState.OPEN)
+    monitor.observer.breaker_changed("123", BreakerState.HALF_OPEN)  # still recovering: same alert
+    monitor.observer.breaker_changed("123", BreakerState.OPEN)
     assert [a.id for a in await alerts_of(monitor, "circuit_open")] == [alert.id]
-    monitor.breaker_changed("123", BreakerState.CLOSED)
+    monitor.observer.breaker_changed("123", BreakerState.CLOSED)
     (done,) = await alerts_of(monitor, "circuit_open")
     assert done.state == "resolved"
 
 
 async def test_circuit_open_resolved_by_monitor_when_another_replica_closed_it() -> None:
     gw, monitor, _ = setup()
-    monitor.breaker_changed("123", BreakerState.OPEN)
+    monitor.observer.breaker_changed("123", BreakerState.OPEN)
     gw.loads["123"] = RealmLoad(BreakerState.OPEN, 5, gw.clock.now() + 300, None, 0, 0, 0, 2)
-    await monitor.run_cycle()
+    await monitor.cycle.run_cycle()
     assert "circuit_open" in monitor.alerts.active_for("123")
     gw.loads["123"] = RealmLoad(BreakerState.CLOSED, 0, None, None, 0, 0, 0, 3)
     gw.clock.advance(300)
-    await monitor.run_cycle()
+    await monitor.cycle.run_cycle()
     assert [a.state for a in await alerts_of(monitor, "circuit_open")] == ["resolved"]
 
 
@@ -175,43 +178,43 @@ def _record(gw: FakeGateway, **changes: Any) -> TokenRecord:
 
 async def test_reconnect_required_raise_dedupe_resolve_ack() -> None:
     gw, monitor, _ = setup()
-    monitor.token_event("123", "refresh_failed")
-    monitor.token_event("123", "reconnect_required", _record(gw, needs_reconnect=True))
-    monitor.token_event("123", "reconnect_required")
+    monitor.observer.token_event("123", "refresh_failed")
+    monitor.observer.token_event("123", "reconnect_required", _record(gw, needs_reconnect=True))
+    monitor.observer.token_event("123", "reconnect_required")
     (alert,) = await alerts_of(monitor, "reconnect_required")
     assert alert.severity == "critical"
-    assert monitor.realm_status("123", gw.clock.now()) == "needs_reconnect"
+    assert realm_status(monitor.table, monitor.alerts, "123", gw.clock.now()) == "needs_reconnect"
     # The refresh is no longer "failing, retried": it is a reconnect.
     assert [a.state for a in await alerts_of(monitor, "refresh_failing")] == ["resolved"]
     await check_ack(monitor, "reconnect_required")
-    monitor.token_event("123", "reconnected", _record(gw))
+    monitor.observer.token_event("123", "reconnected", _record(gw))
     (done,) = await alerts_of(monitor, "reconnect_required")
     assert done.state == "resolved"
-    assert monitor.realm_status("123", gw.clock.now()) == "healthy"
+    assert realm_status(monitor.table, monitor.alerts, "123", gw.clock.now()) == "healthy"
 
 
 async def test_reconnect_required_found_by_monitor_from_token_state() -> None:
     gw, monitor, _ = setup()
     gw.add_realm("123", needs_reconnect=True)
-    await monitor.run_cycle()
+    await monitor.cycle.run_cycle()
     assert [a.severity for a in await alerts_of(monitor, "reconnect_required")] == ["critical"]
     gw.add_realm("123")
     gw.clock.advance(300)
-    await monitor.run_cycle()
+    await monitor.cycle.run_cycle()
     assert [a.state for a in await alerts_of(monitor, "reconnect_required")] == ["resolved"]
 
 
 async def test_refresh_failing_raise_dedupe_resolve_ack() -> None:
     gw, monitor, _ = setup()
-    await monitor.refresh_tokens(force=True)
-    monitor.token_event("123", "refresh_failed")
-    monitor.token_event("123", "refresh_failed")
+    await monitor.token_rules.refresh(force=True)
+    monitor.observer.token_event("123", "refresh_failed")
+    monitor.observer.token_event("123", "refresh_failed")
     (alert,) = await alerts_of(monitor, "refresh_failing")
     assert alert.severity == "warning" and "still valid" in alert.message
-    assert monitor.realm_status("123", gw.clock.now()) == "degraded"
+    assert realm_status(monitor.table, monitor.alerts, "123", gw.clock.now()) == "degraded"
     await check_ack(monitor, "refresh_failing")
     gw.clock.advance(30)
-    monitor.token_event("123", "refreshed", _record(gw))
+    monitor.observer.token_event("123", "refreshed", _record(gw))
     (done,) = await alerts_of(monitor, "refresh_failing")
     assert done.state == "resolved"
 
@@ -219,26 +222,26 @@ async def test_refresh_failing_raise_dedupe_resolve_ack() -> None:
 async def test_refresh_token_expiring_warning_critical_hard_expiry_resolve_ack() -> None:
     gw, monitor, _ = setup()
     gw.add_realm("123", refresh_days=20)
-    await monitor.refresh_tokens(force=True)
+    await monitor.token_rules.refresh(force=True)
     assert await alerts_of(monitor, "refresh_token_expiring") == []
     gw.clock.advance(7 * DAY)  # 13 days left
-    await monitor.refresh_tokens(force=True)
+    await monitor.token_rules.refresh(force=True)
     (alert,) = await alerts_of(monitor, "refresh_token_expiring")
     assert alert.severity == "warning"
-    await monitor.refresh_tokens(force=True)
+    await monitor.token_rules.refresh(force=True)
     assert len(await alerts_of(monitor, "refresh_token_expiring")) == 1
     await check_ack(monitor, "refresh_token_expiring")
     gw.clock.advance(11 * DAY)  # 2 days left
-    await monitor.refresh_tokens(force=True)
+    await monitor.token_rules.refresh(force=True)
     (worse,) = await alerts_of(monitor, "refresh_token_expiring")
     assert worse.id == alert.id and worse.severity == "critical"
     # A refresh rolls the expiry forward: the condition clears.
-    monitor.token_event("123", "refreshed", _record(gw))
+    monitor.observer.token_event("123", "refreshed", _record(gw))
     (done,) = await alerts_of(monitor, "refresh_token_expiring")
     assert done.state == "resolved"
     # The opt-in hard expiry counts too, even when the rolling expiry is far away.
     record = _record(gw, refresh_hard_expires_at=gw.clock.now() + 2 * DAY)
-    monitor.token_event("123", "refreshed", record)
+    monitor.observer.token_event("123", "refreshed", record)
     hard = [a for a in await alerts_of(monitor, "refresh_token_expiring") if a.active]
     assert [a.severity for a in hard] == ["critical"] and "hard expiry" in hard[0].message
 
@@ -246,18 +249,18 @@ async def test_refresh_token_expiring_warning_critical_hard_expiry_resolve_ack()
 async def test_throttled_raise_dedupe_resolve_ack() -> None:
     gw, monitor, _ = setup()
     until = gw.clock.now() + 60
-    monitor.throttled("123", until=until)
-    monitor.throttled("123", until=until)
+    monitor.observer.throttled("123", until=until)
+    monitor.observer.throttled("123", until=until)
     (alert,) = await alerts_of(monitor, "throttled")
     assert alert.severity == "warning"
     await check_ack(monitor, "throttled")
     gw.clock.advance(30)
-    await monitor.housekeeping()
+    await monitor.cycle.housekeeping()
     assert [a.state for a in await alerts_of(monitor, "throttled")] == ["acknowledged"]
     gw.clock.advance(31)
-    await monitor.housekeeping()  # the cool-down is over: resolved without any traffic
+    await monitor.cycle.housekeeping()  # the cool-down is over: resolved without any traffic
     assert [a.state for a in await alerts_of(monitor, "throttled")] == ["resolved"]
-    monitor.throttled("123", until=gw.clock.now() + 10)
+    monitor.observer.throttled("123", until=gw.clock.now() + 10)
     gw.clock.advance(11)
     ok(monitor, "123")  # live traffic after the cool-down resolves it at once
     assert [a.state for a in await alerts_of(monitor, "throttled")] == ["resolved", "resolved"]
@@ -266,8 +269,8 @@ async def test_throttled_raise_dedupe_resolve_ack() -> None:
 async def test_ack_unknown_alert_and_removed_realm() -> None:
     gw, monitor, _ = setup()
     assert await monitor.alerts.ack("nope") is None
-    monitor.throttled("123", until=gw.clock.now() + 60)
-    monitor.token_event("123", "removed")
+    monitor.observer.throttled("123", until=gw.clock.now() + 60)
+    monitor.observer.token_event("123", "removed")
     assert [a.state for a in await alerts_of(monitor, "throttled")] == ["resolved"]
 
 
@@ -322,7 +325,7 @@ async def test_webhook_delivery_retries_with_backoff_until_received(
         sample = metrics.registry.get_sample_value
         assert sample("qbo_gateway_alert_deliveries_total", {"result": "retry"}) == 2
         assert sample("qbo_gateway_alert_deliveries_total", {"result": "success"}) == 1
-        board = await monitor.dashboard()
+        board = await monitor.views.dashboard()
         target = board["sla"]["targets"]["detection_to_alert_seconds"]
         assert target["value"] == pytest.approx(3.0) and target["met"] is True
         # Resolution is delivered too.
@@ -344,7 +347,7 @@ async def test_webhook_gives_up_after_retries_without_touching_requests(
     _gw, monitor, metrics = setup(webhook_url=str(server.make_url("/hook")), session=session)
     await monitor.open(background=False)
     try:
-        monitor.breaker_changed("123", BreakerState.OPEN)
+        monitor.observer.breaker_changed("123", BreakerState.OPEN)
         await monitor.flush()
         assert monitor.alerts.notifier is not None
         await asyncio.wait_for(monitor.alerts.notifier.drained(), 10)

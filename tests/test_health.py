@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from qbo_gateway.admission.records import BreakerState, RealmLoad
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.faults import FaultClass
-from qbo_gateway.health.monitor import HealthMonitor, classify_outcome, merge_incidents
+from qbo_gateway.health.grading import realm_status
+from qbo_gateway.health.sla import merge_incidents
 from qbo_gateway.health.store_fallback import FallbackHealthStore
 from qbo_gateway.health.store_memory import (
     AlertRecord,
@@ -28,6 +29,8 @@ from qbo_gateway.health.store_memory import (
     MemoryHealthStore,
 )
 from qbo_gateway.health.store_redis import RedisHealthStore
+from qbo_gateway.health.traffic_rules import classify_outcome
+from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.keys import RedisKeys
@@ -46,7 +49,7 @@ class FakeGateway:
     tokens: dict[str, TokenStatus] = field(default_factory=dict)
     loads: dict[str, RealmLoad] = field(default_factory=dict)
     probed: list[str] = field(default_factory=list)
-    monitors: list[HealthMonitor] = field(default_factory=list)
+    monitors: list[Health] = field(default_factory=list)
     probe_fails: set[str] = field(default_factory=set)
     probe_latency: float = 0.2
 
@@ -80,8 +83,8 @@ class FakeGateway:
         await asyncio.sleep(0)
         failed = realm_id in self.probe_fails
         for monitor in self.monitors:
-            if monitor.owner == owner:
-                monitor.request_finished(
+            if monitor.cycle.owner == owner:
+                monitor.observer.request_finished(
                     realm_id,
                     outcome="upstream",
                     status=503 if failed else 200,
@@ -100,20 +103,22 @@ def make_monitor(
     history: float = DAY,
     owner: str = "replica-a",
     **kwargs: object,
-) -> HealthMonitor:
-    monitor = HealthMonitor(
+) -> Health:
+    wiring = {k: kwargs.pop(k) for k in ("session", "policy", "backend_up") if k in kwargs}
+    monitor = build_health(
+        HealthOptions(interval=interval, history_seconds=history, **kwargs),  # type: ignore[arg-type]
         store=store or MemoryHealthStore(history_seconds=history),
         clock=gw.clock,
         metrics=metrics or Metrics(CollectorRegistry()),
-        realm_ids=gw.realm_ids,
-        token_statuses=gw.token_statuses,
-        token_status=gw.token_status,
-        load=gw.load,
-        probe=_probe_as(gw, owner),
-        interval=interval,
-        history_seconds=history,
+        sources=HealthSources(
+            realm_ids=gw.realm_ids,
+            token_statuses=gw.token_statuses,
+            token_status=gw.token_status,
+            load=gw.load,
+            probe=_probe_as(gw, owner),
+        ),
         owner=owner,
-        **kwargs,  # type: ignore[arg-type]
+        **wiring,  # type: ignore[arg-type]
     )
     gw.monitors.append(monitor)
     return monitor
@@ -126,14 +131,14 @@ def _probe_as(gw: FakeGateway, owner: str) -> Callable[[str], Awaitable[None]]:
     return probe
 
 
-def ok(monitor: HealthMonitor, realm_id: str, latency: float = 0.3) -> None:
-    monitor.request_finished(
+def ok(monitor: Health, realm_id: str, latency: float = 0.3) -> None:
+    monitor.observer.request_finished(
         realm_id, outcome="upstream", status=200, latency=latency, fault=FaultClass.OK
     )
 
 
-def fail(monitor: HealthMonitor, realm_id: str) -> None:
-    monitor.request_finished(
+def fail(monitor: Health, realm_id: str) -> None:
+    monitor.observer.request_finished(
         realm_id,
         outcome="error",
         status=502,
@@ -262,7 +267,7 @@ async def test_monitor_keeps_working_while_redis_is_unreachable() -> None:
             False,
         ]
         assert [a.kind for a in await monitor.alerts.list_alerts()] == ["consecutive_failures"]
-        report = await monitor.run_cycle()
+        report = await monitor.cycle.run_cycle()
         assert gw.probed == ["778"] and report.skipped_busy == 1
     finally:
         await availability.close()
@@ -291,7 +296,7 @@ async def test_monitor_skips_busy_realm_and_probes_idle_one() -> None:
     monitor = make_monitor(gw, metrics=metrics)
     gw.clock.advance(10)
     ok(monitor, "111")  # live traffic: 111 is busy, its health is already known
-    report = await monitor.run_cycle()
+    report = await monitor.cycle.run_cycle()
     assert sorted(gw.probed) == ["222", "333"]
     assert (report.probed, report.skipped_busy, report.skipped_reconnect) == (2, 1, 1)
     assert (
@@ -304,7 +309,7 @@ async def test_monitor_skips_busy_realm_and_probes_idle_one() -> None:
     # A probe is not live traffic: next interval, with no live requests, all idle are probed.
     gw.probed.clear()
     gw.clock.advance(300)
-    await monitor.run_cycle()
+    await monitor.cycle.run_cycle()
     assert sorted(gw.probed) == ["111", "222", "333"]
 
 
@@ -314,11 +319,11 @@ async def test_failed_probes_raise_alerts_like_live_traffic() -> None:
     gw.probe_fails.add("111")
     monitor = make_monitor(gw, interval=60)
     for _ in range(2):
-        await monitor.run_cycle()
+        await monitor.cycle.run_cycle()
         gw.clock.advance(60)
     alert = monitor.alerts.active_for("111")["consecutive_failures"]
     assert alert.severity == "warning"
-    assert monitor.realm_status("111", gw.clock.now()) == "degraded"
+    assert realm_status(monitor.table, monitor.alerts, "111", gw.clock.now()) == "degraded"
 
 
 async def test_two_instances_on_one_redis_probe_each_realm_once_per_interval(
@@ -335,20 +340,20 @@ async def test_two_instances_on_one_redis_probe_each_realm_once_per_interval(
     try:
         for _ in range(3):
             gw.probed.clear()
-            await asyncio.gather(a.run_cycle(), b.run_cycle())
+            await asyncio.gather(a.cycle.run_cycle(), b.cycle.run_cycle())
             assert sorted(gw.probed) == realms  # each realm once, shared between the two
             gw.clock.advance(100)
-            await asyncio.gather(a.run_cycle(), b.run_cycle())
+            await asyncio.gather(a.cycle.run_cycle(), b.cycle.run_cycle())
             assert sorted(gw.probed) == realms  # within the interval: nobody probes again
             gw.clock.advance(200)
-        assert a.last_cycle is not None and b.last_cycle is not None
+        assert a.cycle.last_cycle is not None and b.cycle.last_cycle is not None
         # Live traffic seen by replica a makes the realm busy for replica b too.
         gw.probed.clear()
         await a.flush()
         ok(a, "1000")
         await a.flush()
-        await b.run_cycle()
-        await a.run_cycle()
+        await b.cycle.run_cycle()
+        await a.cycle.run_cycle()
         assert "1000" not in gw.probed and len(gw.probed) == len(realms) - 1
     finally:
         await redis.aclose()
@@ -381,8 +386,8 @@ async def test_alerts_are_shared_through_redis_and_notified_once(
     await a.open(background=False)
     await b.open(background=False)
     try:
-        a.breaker_changed("555", BreakerState.OPEN)
-        b.breaker_changed("555", BreakerState.OPEN)  # the same episode seen by both
+        a.observer.breaker_changed("555", BreakerState.OPEN)
+        b.observer.breaker_changed("555", BreakerState.OPEN)  # the same episode seen by both
         await a.flush()
         await b.flush()
         await a.alerts.sync()
@@ -392,7 +397,7 @@ async def test_alerts_are_shared_through_redis_and_notified_once(
         assert a.alerts.active_for("555")["circuit_open"].id == shared[0].id
         assert b.alerts.active_for("555")["circuit_open"].id == shared[0].id
         # Replica b sees the circuit close; a learns at its next sync.
-        b.breaker_changed("555", BreakerState.CLOSED)
+        b.observer.breaker_changed("555", BreakerState.CLOSED)
         await b.flush()
         await a.alerts.sync()
         assert a.alerts.active_for("555") == {}
@@ -417,13 +422,13 @@ async def test_status_derivation_and_summary_counts() -> None:
     gw.add_realm("6", needs_reconnect=True)
     metrics = Metrics(CollectorRegistry())
     monitor = make_monitor(gw, metrics=metrics)
-    await monitor.refresh_tokens(force=True)
+    await monitor.token_rules.refresh(force=True)
     ok(monitor, "1")
     for _ in range(5):
         fail(monitor, "2")  # critical consecutive failures: unhealthy
-    monitor.breaker_changed("3", BreakerState.OPEN)
-    monitor.stale_served("4", reason="upstream-error", age=30)
-    summary = await monitor.summary()
+    monitor.observer.breaker_changed("3", BreakerState.OPEN)
+    monitor.observer.stale_served("4", reason="upstream-error", age=30)
+    summary = await monitor.views.summary()
     assert summary["realms"] == {
         "total": 6,
         "healthy": 2,
@@ -440,7 +445,7 @@ async def test_status_derivation_and_summary_counts() -> None:
     )
     # The stale mark fades after an interval.
     gw.clock.advance(301)
-    assert monitor.realm_status("4", gw.clock.now()) == "healthy"
+    assert realm_status(monitor.table, monitor.alerts, "4", gw.clock.now()) == "healthy"
 
 
 async def test_sla_uptime_latency_and_recovery() -> None:
@@ -448,7 +453,7 @@ async def test_sla_uptime_latency_and_recovery() -> None:
     gw.add_realm("1")
     gw.add_realm("2")
     monitor = make_monitor(gw, history=3600)
-    await monitor.refresh_tokens(force=True)
+    await monitor.token_rules.refresh(force=True)
     for latency in (0.1, 0.2, 0.3, 0.4, 3.0):
         ok(monitor, "1", latency)
     gw.clock.advance(1000)
@@ -458,7 +463,7 @@ async def test_sla_uptime_latency_and_recovery() -> None:
     gw.clock.advance(90)
     ok(monitor, "1")  # recovered after 120 s
     gw.clock.advance(2480)  # the window (3600 s) is now full
-    board = await monitor.dashboard()
+    board = await monitor.views.dashboard()
     sla = board["sla"]
     assert sla["incidents"] == 1
     assert sla["mttr_seconds"] == 120.0
@@ -474,13 +479,13 @@ async def test_sla_uptime_latency_and_recovery() -> None:
     assert rows["1"]["uptime_ratio"] == pytest.approx(1 - 120 / 3600, abs=1e-6)
     assert rows["2"]["uptime_ratio"] == 1.0
     await monitor.flush()
-    detail = await monitor.business("1")
+    detail = await monitor.business_view.business("1")
     assert detail is not None
     assert detail["sla"]["uptime_ratio"] == pytest.approx(1 - 120 / 3600, abs=1e-6)
     assert detail["sla"]["success_ratio"] == pytest.approx(6 / 8)
     # An hour later the window no longer holds the incident.
     gw.clock.advance(3600)
-    later = await monitor.dashboard()
+    later = await monitor.views.dashboard()
     assert later["sla"]["incidents"] == 0 and later["sla"]["uptime_ratio"] == 1.0
     assert later["sla"]["avg_response_seconds"] is None
 
@@ -512,7 +517,7 @@ async def test_history_is_shared_through_redis(
         gw.clock.advance(1)
         fail(a, "888")
         await a.flush()
-        detail = await b.business("888")  # replica b saw no traffic itself
+        detail = await b.business_view.business("888")  # replica b saw no traffic itself
         assert detail is not None
         assert [e["ok"] for e in detail["recent_events"]] == [False, True]
         assert detail["latency"]["avg_seconds"] == 0.5

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.clock import ManualClock
-from qbo_gateway.health.monitor import HealthMonitor
+from qbo_gateway.health.wiring import Health
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.ops.health_api import add_health_routes, render_status_page
 from tests.test_health import FakeGateway, fail, make_monitor, ok
@@ -57,11 +57,11 @@ def auth(token: str = ADMIN) -> dict[str, str]:
 async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str) -> None:
     _gw, monitor, client = setup
     a, b, c = REALMS
-    await monitor.refresh_tokens(force=True)
+    await monitor.token_rules.refresh(force=True)
     ok(monitor, a, 0.4)
     for _ in range(2):
         fail(monitor, b)
-    monitor.breaker_changed(c, BreakerState.OPEN)
+    monitor.observer.breaker_changed(c, BreakerState.OPEN)
     await monitor.flush()
 
     resp = await client.get(f"{prefix}/summary")
@@ -132,7 +132,7 @@ async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str)
 @pytest.mark.parametrize("prefix", PREFIXES)
 async def test_admin_routes_need_the_admin_token(setup: Any, prefix: str) -> None:
     gw, monitor, client = setup
-    monitor.throttled(REALMS[0], until=gw.clock.now() + 60)
+    monitor.observer.throttled(REALMS[0], until=gw.clock.now() + 60)
     await monitor.flush()
     (alert,) = await (await client.get(f"{prefix}/alerts")).json()
     actions = [
@@ -145,7 +145,7 @@ async def test_admin_routes_need_the_admin_token(setup: Any, prefix: str) -> Non
         for headers in ({}, auth("wrong"), {"Authorization": ADMIN}, auth(ADMIN + "x")):
             resp = await client.post(path, headers=headers)
             assert resp.status == 401, (path, headers)
-    assert gw.probed == [] and not monitor.monitoring
+    assert gw.probed == [] and not monitor.cycle.monitoring
 
     resp = await client.post(f"{prefix}/alerts/{alert['id']}/ack", headers=auth())
     assert resp.status == 200
@@ -155,7 +155,7 @@ async def test_admin_routes_need_the_admin_token(setup: Any, prefix: str) -> Non
     resp = await client.post(f"{prefix}/admin/start-monitoring", headers=auth())
     assert resp.status == 200 and (await resp.json())["monitoring"] is True
     for _ in range(50):  # the loop's first cycle runs in the background
-        if monitor.last_cycle is not None:
+        if monitor.cycle.last_cycle is not None:
             break
         await asyncio.sleep(0.01)
     assert sorted(gw.probed) == sorted(REALMS)
@@ -163,7 +163,7 @@ async def test_admin_routes_need_the_admin_token(setup: Any, prefix: str) -> Non
     assert summary["monitor"]["running"] is True
     assert summary["monitor"]["last_cycle"]["probed"] == 3
     resp = await client.post(f"{prefix}/admin/stop-monitoring", headers=auth())
-    assert resp.status == 200 and not monitor.monitoring
+    assert resp.status == 200 and not monitor.cycle.monitoring
 
     gw.probed.clear()
     resp = await client.post(f"{prefix}/business/{REALMS[1]}/check", headers=auth())
@@ -176,7 +176,7 @@ async def test_admin_routes_need_the_admin_token(setup: Any, prefix: str) -> Non
 
 async def test_admin_disabled_without_token(aiohttp_client: Any) -> None:
     gw = FakeGateway(ManualClock())
-    monitor: HealthMonitor = make_monitor(gw, autostart=False)
+    monitor: Health = make_monitor(gw, autostart=False)
     app = web.Application()
     add_health_routes(app, monitor, admin_token=None)
     client = await aiohttp_client(app)
@@ -188,9 +188,9 @@ async def test_admin_disabled_without_token(aiohttp_client: Any) -> None:
 
 async def test_status_page_is_client_safe_html(setup: Any) -> None:
     _gw, monitor, client = setup
-    await monitor.refresh_tokens(force=True)
-    monitor.breaker_changed(REALMS[0], BreakerState.OPEN)
-    monitor.token_event(REALMS[1], "reconnect_required")
+    await monitor.token_rules.refresh(force=True)
+    monitor.observer.breaker_changed(REALMS[0], BreakerState.OPEN)
+    monitor.observer.token_event(REALMS[1], "reconnect_required")
     for _ in range(6):
         ok(monitor, REALMS[2], 12.0)
     for prefix in PREFIXES:
@@ -231,19 +231,19 @@ async def test_autostart_runs_the_monitor_until_closed() -> None:
     monitor = make_monitor(gw, autostart=True)
     await monitor.open()
     try:
-        assert monitor.monitoring
+        assert monitor.cycle.monitoring
         for _ in range(50):
-            if monitor.last_cycle is not None:
+            if monitor.cycle.last_cycle is not None:
                 break
             await asyncio.sleep(0.01)
         assert gw.probed == [REALMS[0]]
     finally:
         await monitor.close()
-    assert not monitor.monitoring
+    assert not monitor.cycle.monitoring
     manual = make_monitor(FakeGateway(ParkedClock()), autostart=False)
     await manual.open()
     try:
-        assert not manual.monitoring
+        assert not manual.cycle.monitoring
     finally:
         await manual.close()
 
@@ -263,7 +263,7 @@ async def test_health_api_serves_cached_views_when_token_state_is_unreadable(
 ) -> None:
     gw = BrokenTokens(ManualClock())
     monitor = make_monitor(gw, autostart=False)
-    monitor.token_event(REALMS[0], "imported")
+    monitor.observer.token_event(REALMS[0], "imported")
     ok(monitor, REALMS[0])
     app = web.Application()
     add_health_routes(app, monitor, admin_token=ADMIN)

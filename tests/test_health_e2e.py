@@ -40,7 +40,7 @@ async def test_failures_raise_alerts_and_open_the_circuit_in_the_health_api(stac
         async with stack.session.post(stack.api("customer"), json={"DisplayName": "x"}) as r:
             assert r.status == 500
         await stack.gateway.admitter.drain()
-    await stack.gateway.monitor.flush()
+    await stack.gateway.health.flush()
     doc = await business(stack, "/integrations/qbo")
     assert doc["breaker"]["state"] == "open"
     assert doc["status"] == "unhealthy"
@@ -76,7 +76,7 @@ async def test_reconnect_required_shows_in_health(stack: Stack) -> None:
         stack.api(f"companyinfo/{REALM}"), headers={"Cache-Control": "no-cache"}
     ) as resp:
         assert resp.status == 401
-    await stack.gateway.monitor.flush()
+    await stack.gateway.health.flush()
     doc = await business(stack)
     assert doc["status"] == "needs_reconnect"
     assert doc["token"]["needs_reconnect"] is True

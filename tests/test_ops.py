@@ -183,8 +183,8 @@ async def test_every_documented_metric_is_exported_without_realm_ids(stack: Stac
         f"{stack.ops_url}/admin/realms/{REALM}/refresh", headers=ADMIN
     ) as resp:
         assert resp.status == 200
-    await stack.gateway.monitor.flush()
-    await stack.gateway.monitor.housekeeping()
+    await stack.gateway.health.flush()
+    await stack.gateway.health.cycle.housekeeping()
     async with stack.session.get(stack.ops_url + "/metrics") as resp:
         text = await resp.text()
     for name in DOCUMENTED_METRICS:

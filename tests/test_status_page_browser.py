@@ -70,13 +70,13 @@ async def test_status_page_renders_in_chromium_without_realm_ids(aiohttp_server:
     for realm in REALMS:
         gw.add_realm(realm)
     monitor = make_monitor(gw, metrics=Metrics(CollectorRegistry()), autostart=False)
-    await monitor.refresh_tokens(force=True)
-    monitor.breaker_changed(REALMS[0], BreakerState.OPEN)
+    await monitor.token_rules.refresh(force=True)
+    monitor.observer.breaker_changed(REALMS[0], BreakerState.OPEN)
     for _ in range(3):
         fail(monitor, REALMS[1])
     for _ in range(5):
         ok(monitor, REALMS[2], 7.5)
-    monitor.token_event(REALMS[3], "reconnect_required")
+    monitor.observer.token_event(REALMS[3], "reconnect_required")
     app = web.Application()
     add_health_routes(app, monitor, admin_token="admin-secret")
     server = await aiohttp_server(app)

@@ -1,5 +1,7 @@
 """Health: what live traffic and probes say about each realm, alerts, history and SLA figures.
 
+`wiring.build_health` builds the parts once; callers take the part they need (the request
+path and token manager the `observer`, the ops routes the views, alerts and probe cycle).
 Rules turn events into per-realm figures and alerts; the probe cycle checks idle realms;
 stores (memory, Redis, fallback) keep history, alerts and leases; views shape what the ops
 listener serves.

@@ -1,233 +1,30 @@
-"""Alert rules, the alert lifecycle, and webhook delivery.
+"""The alert lifecycle: one alert per realm and kind while its condition lasts.
 
-Rules are small pure functions (figure in, severity or None out) so every threshold is
-tested with plain numbers. `AlertManager.set_condition` is the one lifecycle entry point:
-called synchronously from the request path, it raises an alert the first time a condition
-holds, changes its severity while it lasts (one alert per realm and kind), and resolves it
-when the condition clears. The decision is made in process at once; storing (possibly in
-Redis) and notifying happen in a background task, so an alert never blocks or fails a
-request. `WebhookNotifier` POSTs each notification as JSON with a Slack-compatible `text`
-field, retrying with exponential backoff.
+`AlertManager.set_condition` is the one lifecycle entry point: called synchronously from
+the request path, it raises an alert the first time a condition holds, changes its
+severity while it lasts, and resolves it when the condition clears. The decision is made in
+process at once; storing (possibly in Redis) and notifying (`webhook`) happen in a
+background task, so an alert never blocks or fails a request. Kinds, thresholds and rules
+live in `alert_rules`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Literal
 
-import aiohttp
 import structlog
 
 from qbo_gateway.clock import Clock
 from qbo_gateway.health.store_memory import SEVERITY_RANK, AlertRecord, HealthStore, Severity
+from qbo_gateway.health.webhook import Notification, WebhookNotifier
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.workers import DrainWorker
 
 log = structlog.get_logger(__name__)
-
-AlertKind = Literal[
-    "consecutive_failures",
-    "slow_responses",
-    "circuit_open",
-    "reconnect_required",
-    "refresh_failing",
-    "refresh_token_expiring",
-    "throttled",
-]
-# Kinds that mean the realm cannot reach QuickBooks: they make incidents (uptime, MTTR).
-OUTAGE_KINDS = frozenset({"consecutive_failures", "circuit_open", "reconnect_required"})
-
-_DAY = 86400.0
-
-
-@dataclass(frozen=True)
-class AlertThresholds:
-    slow_warning: float = 5.0
-    slow_critical: float = 10.0
-    failures_warning: int = 2
-    failures_critical: int = 5
-    expiry_warning_days: float = 14.0
-    expiry_critical_days: float = 3.0
-
-
-# --- rules: a figure in, a severity (or None: condition clear) out ---------------------
-
-
-def failures_severity(consecutive: int, t: AlertThresholds) -> Severity | None:
-    if consecutive >= t.failures_critical:
-        return "critical"
-    if consecutive >= t.failures_warning:
-        return "warning"
-    return None
-
-
-def slow_severity(seconds: float | None, t: AlertThresholds) -> Severity | None:
-    if seconds is None:
-        return None
-    if seconds > t.slow_critical:
-        return "critical"
-    if seconds > t.slow_warning:
-        return "warning"
-    return None
-
-
-def expiry_severity(seconds_left: float | None, t: AlertThresholds) -> Severity | None:
-    if seconds_left is None:
-        return None
-    if seconds_left < t.expiry_critical_days * _DAY:
-        return "critical"
-    if seconds_left < t.expiry_warning_days * _DAY:
-        return "warning"
-    return None
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    # strftime on gmtime is twice as fast as datetime.isoformat; dashboards format ~30k.
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def alert_json(alert: AlertRecord) -> dict[str, Any]:
-    """The public shape of an alert (health API and webhook)."""
-    return {
-        "id": alert.id,
-        "realm_id": alert.realm_id,
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "state": alert.state,
-        "message": alert.message,
-        "value": alert.value,
-        "started_at": iso(alert.started_at),
-        "raised_at": iso(alert.raised_at),
-        "updated_at": iso(alert.updated_at),
-        "acknowledged_at": iso(alert.acknowledged_at),
-        "acknowledged_by": alert.acknowledged_by,
-        "resolved_at": iso(alert.resolved_at),
-    }
-
-
-# --- webhook delivery ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Notification:
-    event: str  # raised | escalated | resolved
-    alert: AlertRecord
-    detected_at: float
-
-
-class WebhookNotifier:
-    """Delivers notifications to one URL in the background, with retries and backoff.
-
-    A bounded queue drops the oldest notification when the receiver is down for long, so
-    memory stays bounded; `deliveries` keeps (detected -> delivered) delays for the SLA.
-    """
-
-    def __init__(
-        self,
-        *,
-        url: str,
-        session: aiohttp.ClientSession,
-        clock: Clock,
-        metrics: Metrics,
-        attempts: int = 5,
-        base_delay: float = 1.0,
-        max_delay: float = 30.0,
-        timeout: float = 5.0,
-        max_queue: int = 1000,
-    ) -> None:
-        self.url = url
-        self._session = session
-        self._clock = clock
-        self._metrics = metrics
-        self._attempts = attempts
-        self._base_delay = base_delay
-        self._max_delay = max_delay
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._queue: deque[Notification] = deque(maxlen=max_queue)
-        self._worker = DrainWorker(
-            has_work=lambda: bool(self._queue),
-            step=lambda: self._deliver(self._queue.popleft()),
-            on_error=lambda exc: log.error("alert_delivery_crashed", error=type(exc).__name__),
-        )
-        self.delivery_delays: deque[tuple[float, float]] = deque(maxlen=1000)
-
-    def submit(self, note: Notification) -> None:
-        if len(self._queue) == self._queue.maxlen:
-            self._metrics.alert_deliveries.labels(result="dropped").inc()
-        self._queue.append(note)
-        self._worker.wake()
-
-    def start(self) -> None:
-        self._worker.start()
-
-    async def close(self) -> None:
-        # A delivery in its backoff is cut off: webhook retries must not hold up a shutdown.
-        await self._worker.stop(park=False)
-
-    async def drained(self) -> None:
-        """Wait until every submitted notification was delivered or given up on."""
-        await self._worker.drained()
-
-    async def _deliver(self, note: Notification) -> None:
-        payload = webhook_payload(note)
-        for attempt in range(1, self._attempts + 1):
-            error: str
-            try:
-                async with self._session.post(
-                    self.url, json=payload, timeout=self._timeout
-                ) as resp:
-                    await resp.read()
-                    if resp.status < 300:
-                        self._metrics.alert_deliveries.labels(result="success").inc()
-                        self.delivery_delays.append(
-                            (self._clock.now(), max(0.0, self._clock.now() - note.detected_at))
-                        )
-                        log.info(
-                            "alert_delivered",
-                            alert_id=note.alert.id,
-                            event=note.event,
-                            attempt=attempt,
-                        )
-                        return
-                    error = f"status {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error = type(exc).__name__
-            if attempt == self._attempts:
-                break
-            self._metrics.alert_deliveries.labels(result="retry").inc()
-            delay = min(self._max_delay, self._base_delay * 2 ** (attempt - 1))
-            log.warning(
-                "alert_delivery_retry",
-                alert_id=note.alert.id,
-                attempt=attempt,
-                error=error,
-                retry_in=delay,
-            )
-            await self._clock.sleep(delay)
-        self._metrics.alert_deliveries.labels(result="failure").inc()
-        log.error("alert_delivery_failed", alert_id=note.alert.id, attempts=self._attempts)
-
-
-def webhook_payload(note: Notification) -> dict[str, Any]:
-    a = note.alert
-    icon = {"critical": ":red_circle:", "warning": ":warning:"}.get(a.severity, "")
-    if note.event == "resolved":
-        icon = ":white_check_mark:"
-    text = (
-        f"{icon} [{a.severity.upper()}] qbo-gateway {a.kind} {note.event} "
-        f"for realm {a.realm_id}: {a.message}"
-    )
-    return {"text": text.strip(), "event": note.event, "alert": alert_json(a)}
-
-
-# --- lifecycle ------------------------------------------------------------------------
 
 
 @dataclass

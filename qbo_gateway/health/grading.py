@@ -2,24 +2,24 @@
 
 Every view (summary, dashboard, business, admin check), the realm gauge and the probe
 cycle grade realms the same way, so the rule lives here once: a pure function of the
-in-memory figures and the active alerts.
+in-memory realm table and the active alerts.
 """
 
 from __future__ import annotations
 
 from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.health.alerts import AlertManager
-from qbo_gateway.health.stats import HealthFigures
+from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.metrics import Metrics
 
 STATUSES = ("healthy", "degraded", "unhealthy", "needs_reconnect")
 STATUS_RANK = {"needs_reconnect": 0, "unhealthy": 1, "degraded": 2, "healthy": 3}
 
 
-def realm_status(figures: HealthFigures, alerts: AlertManager, realm_id: str, now: float) -> str:
-    token = figures.tokens.get(realm_id)
+def realm_status(table: RealmTable, alerts: AlertManager, realm_id: str, now: float) -> str:
+    token = table.tokens.get(realm_id)
     active = alerts.active_for(realm_id)
-    stats = figures.stats.get(realm_id)
+    stats = table.stats.get(realm_id)
     if (token is not None and token.needs_reconnect) or "reconnect_required" in active:
         return "needs_reconnect"
     if "circuit_open" in active or (stats is not None and stats.breaker is BreakerState.OPEN):
@@ -38,19 +38,19 @@ def realm_status(figures: HealthFigures, alerts: AlertManager, realm_id: str, no
             return "degraded"
     if stats is not None and (
         stats.breaker is BreakerState.HALF_OPEN
-        or (stats.last_stale_at is not None and stats.last_stale_at > now - figures.interval)
+        or (stats.last_stale_at is not None and stats.last_stale_at > now - table.interval)
     ):
         return "degraded"
     return "healthy"
 
 
 def status_counts(
-    figures: HealthFigures, alerts: AlertManager, now: float
+    table: RealmTable, alerts: AlertManager, now: float
 ) -> tuple[dict[str, int], dict[str, str]]:
     counts = dict.fromkeys(STATUSES, 0)
     by_realm: dict[str, str] = {}
-    for realm_id in figures.realms:
-        status = realm_status(figures, alerts, realm_id, now)
+    for realm_id in table.realms:
+        status = realm_status(table, alerts, realm_id, now)
         counts[status] += 1
         by_realm[realm_id] = status
     return counts, by_realm
@@ -62,9 +62,9 @@ def set_realm_gauge(metrics: Metrics, counts: dict[str, int]) -> None:
 
 
 def update_realm_gauge(
-    figures: HealthFigures, alerts: AlertManager, metrics: Metrics, now: float
+    table: RealmTable, alerts: AlertManager, metrics: Metrics, now: float
 ) -> dict[str, int]:
-    counts, _ = status_counts(figures, alerts, now)
+    counts, _ = status_counts(table, alerts, now)
     set_realm_gauge(metrics, counts)
     return counts
 

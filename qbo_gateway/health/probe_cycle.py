@@ -21,9 +21,10 @@ import structlog
 
 from qbo_gateway.admission.records import BreakerState, RealmLoad
 from qbo_gateway.clock import Clock
-from qbo_gateway.health.alerts import AlertManager, iso
+from qbo_gateway.health.alert_rules import iso
+from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.grading import update_realm_gauge
-from qbo_gateway.health.stats import HealthFigures
+from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.health.store_memory import HealthStore
 from qbo_gateway.health.token_rules import TokenRules
 from qbo_gateway.metrics import Metrics
@@ -57,12 +58,12 @@ class CycleReport:
 
 
 class ProbeCycle:
-    """Runs cycles on demand or every `figures.interval` while monitoring is started."""
+    """Runs cycles on demand or every `table.interval` while monitoring is started."""
 
     def __init__(
         self,
         *,
-        figures: HealthFigures,
+        table: RealmTable,
         alerts: AlertManager,
         tokens: TokenRules,
         store: HealthStore,
@@ -73,7 +74,7 @@ class ProbeCycle:
         owner: str,
         probe_concurrency: int,
     ) -> None:
-        self.figures = figures
+        self.table = table
         self.alerts = alerts
         self.tokens = tokens
         self.store = store
@@ -93,27 +94,27 @@ class ProbeCycle:
     def monitor_json(self) -> dict[str, Any]:
         return {
             "running": self.monitoring,
-            "interval_seconds": self.figures.interval,
-            "history_seconds": self.figures.history_seconds,
+            "interval_seconds": self.table.interval,
+            "history_seconds": self.table.history_seconds,
             "last_cycle": self.last_cycle.to_json() if self.last_cycle else None,
         }
 
     async def run_cycle(self) -> CycleReport:
         """One monitor pass: probe each idle realm this replica holds the lease for."""
-        figures = self.figures
-        interval = figures.interval
+        table = self.table
+        interval = table.interval
         started = self.clock.monotonic()
         now = self.clock.now()
         report = CycleReport(at=now)
         await self.tokens.refresh(force=True)
-        report.realms = len(figures.realms)
+        report.realms = len(table.realms)
         todo: list[str] = []
-        for realm_id in sorted(figures.realms):
-            token = figures.tokens.get(realm_id)
+        for realm_id in sorted(table.realms):
+            token = table.tokens.get(realm_id)
             if token is not None and token.needs_reconnect:
                 report.skipped_reconnect += 1
                 continue
-            stats = figures.stats.get(realm_id)
+            stats = table.stats.get(realm_id)
             if (
                 stats is not None
                 and stats.last_live_success_at is not None
@@ -151,7 +152,7 @@ class ProbeCycle:
         await asyncio.gather(*(one(r) for r in todo))
         await self._reconcile_breakers()
         self.expire_throttles(self.clock.now())
-        update_realm_gauge(figures, self.alerts, self.metrics, self.clock.now())
+        update_realm_gauge(table, self.alerts, self.metrics, self.clock.now())
         report.duration = self.clock.monotonic() - started
         self.last_cycle = report
         log.info("health_cycle", **report.to_json())
@@ -167,7 +168,7 @@ class ProbeCycle:
             except Exception:  # noqa: BLE001, S112 - unknown now; the next cycle retries
                 continue
             if load.breaker is BreakerState.CLOSED:
-                self.figures.stats_for(realm_id).breaker = BreakerState.CLOSED
+                self.table.stats_for(realm_id).breaker = BreakerState.CLOSED
                 self.alerts.set_condition(realm_id, "circuit_open", None)
 
     def expire_throttles(self, now: float) -> None:
@@ -175,7 +176,7 @@ class ProbeCycle:
             alert = kinds.get("throttled")
             if alert is None:
                 continue
-            stats = self.figures.stats.get(realm_id)
+            stats = self.table.stats.get(realm_id)
             until = stats.throttled_until if stats is not None else None
             if until is None:
                 until = alert.raised_at + 60.0
@@ -193,13 +194,13 @@ class ProbeCycle:
             await self.tokens.refresh()
         except Exception as exc:  # noqa: BLE001 - token state unreadable now; retry next tick
             log.warning("health_token_refresh_failed", error=type(exc).__name__)
-        update_realm_gauge(self.figures, self.alerts, self.metrics, self.clock.now())
+        update_realm_gauge(self.table, self.alerts, self.metrics, self.clock.now())
 
     async def start(self) -> bool:
         if self.monitoring:
             return False
         self._monitor_task = asyncio.get_running_loop().create_task(self._monitor_loop())
-        log.info("health_monitor_started", interval=self.figures.interval)
+        log.info("health_monitor_started", interval=self.table.interval)
         return True
 
     async def stop(self) -> bool:
@@ -220,4 +221,4 @@ class ProbeCycle:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop outlives one bad cycle
                 log.error("health_cycle_failed", error=type(exc).__name__)
-            await self.clock.sleep(self.figures.interval)
+            await self.clock.sleep(self.table.interval)

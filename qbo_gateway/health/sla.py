@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qbo_gateway.health.alerts import OUTAGE_KINDS, AlertManager
+from qbo_gateway.health.alert_rules import OUTAGE_KINDS
+from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.store_memory import AlertRecord
 
 SLA_TARGETS: dict[str, float] = {

@@ -1,8 +1,8 @@
-"""The health monitor's in-memory figures: per-realm running aggregates and the shared picture.
+"""The realm table: what this replica knows of each realm, with per-realm running figures.
 
 Every event updates a `RealmStats` in O(1) (time buckets, bounded latency samples), so the
 summary and dashboard read precomputed figures instead of scanning history, even at 10,000
-realms. `HealthFigures` is the one picture the event rules, token rules, probe cycle and
+realms. `RealmTable` is the one picture the event rules, token rules, probe cycle and
 views all read and write; keeping it in one object is what lets them live in separate
 modules without copies drifting apart.
 """
@@ -102,7 +102,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
-class HealthFigures:
+class RealmTable:
     """What this replica knows now: realms, their token statuses and running stats."""
 
     def __init__(self, *, clock: Clock, interval: float, history_seconds: float) -> None:

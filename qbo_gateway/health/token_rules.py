@@ -16,8 +16,9 @@ from dataclasses import replace
 import structlog
 
 from qbo_gateway.clock import Clock
-from qbo_gateway.health.alerts import AlertManager, AlertThresholds, expiry_severity
-from qbo_gateway.health.stats import HealthFigures
+from qbo_gateway.health.alert_rules import AlertThresholds, expiry_severity
+from qbo_gateway.health.alerts import AlertManager
+from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.observe import TokenEvent
 from qbo_gateway.tokens.records import TokenRecord, TokenStatus
 
@@ -25,12 +26,12 @@ log = structlog.get_logger(__name__)
 
 
 class TokenRules:
-    """Keeps `figures.tokens`/`figures.realms` current and the token alerts in step."""
+    """Keeps `table.tokens`/`table.realms` current and the token alerts in step."""
 
     def __init__(
         self,
         *,
-        figures: HealthFigures,
+        table: RealmTable,
         alerts: AlertManager,
         clock: Clock,
         thresholds: AlertThresholds,
@@ -38,7 +39,7 @@ class TokenRules:
         token_statuses: Callable[[], Awaitable[list[TokenStatus]]],
         status_cache_seconds: float,
     ) -> None:
-        self.figures = figures
+        self.table = table
         self.alerts = alerts
         self.clock = clock
         self.thresholds = thresholds
@@ -48,17 +49,17 @@ class TokenRules:
 
     def event(self, realm_id: str, event: TokenEvent, record: TokenRecord | None) -> None:
         now = self.clock.now()
-        figures = self.figures
+        table = self.table
         if event == "removed":
-            figures.tokens.pop(realm_id, None)
-            figures.realms.discard(realm_id)
-            figures.stats.pop(realm_id, None)
+            table.tokens.pop(realm_id, None)
+            table.realms.discard(realm_id)
+            table.stats.pop(realm_id, None)
             self.alerts.clear_realm(realm_id)
             return
-        figures.realms.add(realm_id)
-        previous = figures.tokens.get(realm_id)
+        table.realms.add(realm_id)
+        previous = table.tokens.get(realm_id)
         if record is not None:
-            figures.tokens[realm_id] = TokenStatus(
+            table.tokens[realm_id] = TokenStatus(
                 realm_id=realm_id,
                 access_expires_at=record.access_expires_at,
                 refresh_expires_at=record.refresh_expires_at,
@@ -70,10 +71,10 @@ class TokenRules:
                 else (previous.last_refresh_at if previous else None),
                 refresh_failing=False,
             )
-        status = figures.tokens.get(realm_id)
+        status = table.tokens.get(realm_id)
         if event == "refresh_failed":
             if status is not None:
-                figures.tokens[realm_id] = replace(status, refresh_failing=True)
+                table.tokens[realm_id] = replace(status, refresh_failing=True)
             valid = status is not None and status.access_expires_at > now
             self.alerts.set_condition(
                 realm_id,
@@ -84,7 +85,7 @@ class TokenRules:
             )
         elif event == "reconnect_required":
             if status is not None:
-                figures.tokens[realm_id] = replace(status, needs_reconnect=True)
+                table.tokens[realm_id] = replace(status, needs_reconnect=True)
             self.alerts.set_condition(realm_id, "refresh_failing", None)
             self.alerts.set_condition(
                 realm_id,
@@ -94,13 +95,13 @@ class TokenRules:
             )
         else:  # refreshed, reconnected, imported
             if status is not None and status.needs_reconnect and record is None:
-                figures.tokens[realm_id] = replace(status, needs_reconnect=False)
+                table.tokens[realm_id] = replace(status, needs_reconnect=False)
             self.alerts.set_condition(realm_id, "refresh_failing", None)
             self.alerts.set_condition(realm_id, "reconnect_required", None)
         self.evaluate_expiry(realm_id, now)
 
     def evaluate_expiry(self, realm_id: str, now: float) -> None:
-        status = self.figures.tokens.get(realm_id)
+        status = self.table.tokens.get(realm_id)
         if status is None or status.needs_reconnect:
             self.alerts.set_condition(realm_id, "refresh_token_expiring", None)
             return
@@ -134,19 +135,19 @@ class TokenRules:
         """Reload realm ids and token statuses (cached for a few seconds) and re-run the
         token rules, which depend on the passing of time (expiry)."""
         now = self.clock.now()
-        figures = self.figures
+        table = self.table
         if (
             not force
-            and figures.realms_loaded_at is not None
-            and now - figures.realms_loaded_at < self._status_cache_seconds
+            and table.realms_loaded_at is not None
+            and now - table.realms_loaded_at < self._status_cache_seconds
         ):
             return
         realms = await self._realm_ids()
         statuses = await self._token_statuses()
-        figures.realms = set(realms) | {s.realm_id for s in statuses}
-        figures.tokens = {s.realm_id: s for s in statuses}
-        figures.realms_loaded_at = now
-        for realm_id, status in figures.tokens.items():
+        table.realms = set(realms) | {s.realm_id for s in statuses}
+        table.tokens = {s.realm_id: s for s in statuses}
+        table.realms_loaded_at = now
+        for realm_id, status in table.tokens.items():
             active = self.alerts.active_for(realm_id)
             if status.needs_reconnect:
                 if "reconnect_required" not in active:
@@ -172,7 +173,7 @@ class TokenRules:
                 self.alerts.set_condition(realm_id, "refresh_failing", None)
             self.evaluate_expiry(realm_id, now)
         for realm_id in list(self.alerts.realms_with_alerts()):
-            if realm_id not in figures.realms:
+            if realm_id not in table.realms:
                 self.alerts.clear_realm(realm_id)
 
     async def refresh_quietly(self) -> None:

@@ -11,14 +11,10 @@ from __future__ import annotations
 from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import FaultClass
-from qbo_gateway.health.alerts import (
-    AlertManager,
-    AlertThresholds,
-    failures_severity,
-    slow_severity,
-)
+from qbo_gateway.health.alert_rules import AlertThresholds, failures_severity, slow_severity
+from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.history_writer import HistoryBuffer
-from qbo_gateway.health.stats import HealthFigures
+from qbo_gateway.health.stats import RealmStats, RealmTable
 from qbo_gateway.health.store_memory import HistoryEntry
 from qbo_gateway.metrics import Metrics
 
@@ -48,14 +44,14 @@ class TrafficRules:
     def __init__(
         self,
         *,
-        figures: HealthFigures,
+        table: RealmTable,
         alerts: AlertManager,
         history: HistoryBuffer,
         clock: Clock,
         metrics: Metrics,
         thresholds: AlertThresholds,
     ) -> None:
-        self.figures = figures
+        self.table = table
         self.alerts = alerts
         self.history = history
         self.clock = clock
@@ -83,74 +79,76 @@ class TrafficRules:
                 self.history.add(
                     realm_id, HistoryEntry(now, "check", False, status, latency, detail)
                 )
-                stats = self.figures.stats_for(realm_id)
+                stats = self.table.stats_for(realm_id)
                 stats.last_check_at, stats.last_check_ok = now, False
             return
-        stats = self.figures.stats_for(realm_id)
-        stats.trim(now - self.figures.history_seconds)
+        stats = self.table.stats_for(realm_id)
+        stats.trim(now - self.table.history_seconds)
         went_upstream = outcome == "upstream"
         stats.add(now, verdict, latency if went_upstream else None)
         if went_upstream and latency > 0:
-            self.figures.global_samples.append((now, latency))
+            self.table.global_samples.append((now, latency))
         if probe:
             stats.last_check_at, stats.last_check_ok = now, verdict
         live_ok = verdict and not probe
+        source = "check" if probe else "request"
         self.history.add(
-            realm_id,
-            HistoryEntry(
-                now,
-                "check" if probe else "request",
-                verdict,
-                status,
-                latency,
-                detail,
-                live=live_ok,
-            ),
+            realm_id, HistoryEntry(now, source, verdict, status, latency, detail, live=live_ok)
         )
-        t = self.thresholds
         if verdict:
-            stats.consecutive_failures = 0
-            stats.failure_run_started = None
-            stats.last_success_at = now
-            if live_ok:
-                stats.last_live_success_at = now
-            self.alerts.set_condition(realm_id, "consecutive_failures", None)
-            if stats.throttled_until is not None and stats.throttled_until <= now:
-                stats.throttled_until = None
-                self.alerts.set_condition(realm_id, "throttled", None)
+            self._succeeded(realm_id, stats, now, live=live_ok)
         else:
-            stats.consecutive_failures += 1
-            stats.last_failure_at = now
-            if stats.failure_run_started is None:
-                stats.failure_run_started = now
-            n = stats.consecutive_failures
-            self.alerts.set_condition(
-                realm_id,
-                "consecutive_failures",
-                failures_severity(n, t),
-                message=f"{n} consecutive failed requests to QuickBooks"
-                if n < t.failures_critical
-                else f"{t.failures_critical} or more consecutive failed requests to QuickBooks",
-                value=float(min(n, t.failures_critical)),
-                started_at=stats.failure_run_started,
-            )
+            self._failed(realm_id, stats, now)
         if went_upstream:
-            avg = stats.recent_avg()
-            severity = slow_severity(avg, t)
-            if severity is None:
-                self.alerts.set_condition(realm_id, "slow_responses", None)
-            else:
-                limit = t.slow_critical if severity == "critical" else t.slow_warning
-                self.alerts.set_condition(
-                    realm_id,
-                    "slow_responses",
-                    severity,
-                    message=f"QuickBooks responses average over {limit:g} s",
-                    value=None if avg is None else round(avg, 3),
-                )
+            self._check_speed(realm_id, stats)
+
+    def _succeeded(self, realm_id: str, stats: RealmStats, now: float, *, live: bool) -> None:
+        stats.consecutive_failures = 0
+        stats.failure_run_started = None
+        stats.last_success_at = now
+        if live:
+            stats.last_live_success_at = now
+        self.alerts.set_condition(realm_id, "consecutive_failures", None)
+        if stats.throttled_until is not None and stats.throttled_until <= now:
+            stats.throttled_until = None
+            self.alerts.set_condition(realm_id, "throttled", None)
+
+    def _failed(self, realm_id: str, stats: RealmStats, now: float) -> None:
+        t = self.thresholds
+        stats.consecutive_failures += 1
+        stats.last_failure_at = now
+        if stats.failure_run_started is None:
+            stats.failure_run_started = now
+        n = stats.consecutive_failures
+        self.alerts.set_condition(
+            realm_id,
+            "consecutive_failures",
+            failures_severity(n, t),
+            message=f"{n} consecutive failed requests to QuickBooks"
+            if n < t.failures_critical
+            else f"{t.failures_critical} or more consecutive failed requests to QuickBooks",
+            value=float(min(n, t.failures_critical)),
+            started_at=stats.failure_run_started,
+        )
+
+    def _check_speed(self, realm_id: str, stats: RealmStats) -> None:
+        avg = stats.recent_avg()
+        severity = slow_severity(avg, self.thresholds)
+        if severity is None:
+            self.alerts.set_condition(realm_id, "slow_responses", None)
+            return
+        t = self.thresholds
+        limit = t.slow_critical if severity == "critical" else t.slow_warning
+        self.alerts.set_condition(
+            realm_id,
+            "slow_responses",
+            severity,
+            message=f"QuickBooks responses average over {limit:g} s",
+            value=None if avg is None else round(avg, 3),
+        )
 
     def stale_served(self, realm_id: str, *, reason: str, age: float) -> None:
-        stats = self.figures.stats_for(realm_id)
+        stats = self.table.stats_for(realm_id)
         stats.last_stale_at = self.clock.now()
         stats.stale_reason = reason
         self.history.add(
@@ -158,7 +156,7 @@ class TrafficRules:
         )
 
     def breaker_changed(self, realm_id: str, state: BreakerState) -> None:
-        stats = self.figures.stats_for(realm_id)
+        stats = self.table.stats_for(realm_id)
         stats.breaker = state
         now = self.clock.now()
         self.history.add(
@@ -177,7 +175,7 @@ class TrafficRules:
             self.alerts.set_condition(realm_id, "circuit_open", None)
 
     def throttled(self, realm_id: str, *, until: float) -> None:
-        stats = self.figures.stats_for(realm_id)
+        stats = self.table.stats_for(realm_id)
         stats.throttled_until = max(until, stats.throttled_until or 0.0)
         self.alerts.set_condition(
             realm_id,

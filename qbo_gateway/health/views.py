@@ -1,8 +1,9 @@
 """The all-realm views: `/health/summary` and `/health/dashboard`.
 
-Both read only the precomputed in-memory figures and the active alerts, so they cost
-O(realms) with cheap per-realm work even at 10,000 realms. The dashboard computes totals
-and the SLA block over every realm but builds rows (worst first) only for the asked page.
+Both read only the precomputed figures of the in-memory realm table and the active
+alerts, so they cost O(realms) with cheap per-realm work even at 10,000 realms. The
+dashboard computes totals and the SLA block over every realm but builds rows (worst first)
+only for the asked page.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from qbo_gateway.clock import Clock
-from qbo_gateway.health.alerts import AlertManager, alert_json, iso
+from qbo_gateway.health.alert_rules import alert_json, iso
+from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.grading import (
     STATUS_RANK,
     STATUSES,
@@ -21,7 +23,7 @@ from qbo_gateway.health.grading import (
 )
 from qbo_gateway.health.probe_cycle import ProbeCycle
 from qbo_gateway.health.sla import Incidents, alert_delay, incidents_by_realm, sla_block, uptime
-from qbo_gateway.health.stats import HealthFigures, percentile
+from qbo_gateway.health.stats import RealmTable, percentile
 from qbo_gateway.health.token_rules import TokenRules
 from qbo_gateway.metrics import Metrics
 
@@ -34,14 +36,14 @@ class HealthViews:
     def __init__(
         self,
         *,
-        figures: HealthFigures,
+        table: RealmTable,
         alerts: AlertManager,
         tokens: TokenRules,
         cycle: ProbeCycle,
         clock: Clock,
         metrics: Metrics,
     ) -> None:
-        self.figures = figures
+        self.table = table
         self.alerts = alerts
         self.tokens = tokens
         self.cycle = cycle
@@ -51,7 +53,7 @@ class HealthViews:
     async def summary(self) -> dict[str, Any]:
         await self.tokens.refresh_quietly()
         now = self.clock.now()
-        counts, _ = status_counts(self.figures, self.alerts, now)
+        counts, _ = status_counts(self.table, self.alerts, now)
         set_realm_gauge(self.metrics, counts)
         active = sorted(self.alerts.active(), key=lambda a: a.raised_at, reverse=True)
         by_severity = {"warning": 0, "critical": 0}
@@ -60,7 +62,7 @@ class HealthViews:
         return {
             "status": overall_status(counts),
             "generated_at": iso(now),
-            "realms": {"total": len(self.figures.realms), **counts},
+            "realms": {"total": len(self.table.realms), **counts},
             "monitor": self.cycle.monitor_json(),
             "alerts": {
                 "active": len(active),
@@ -76,10 +78,10 @@ class HealthViews:
     ) -> dict[str, Any]:
         """Totals and SLA over every realm; rows (worst first) only for the asked page."""
         await self.tokens.refresh_quietly()
-        figures = self.figures
+        table = self.table
         now = self.clock.now()
-        cutoff = now - figures.history_seconds
-        incidents = incidents_by_realm(self.alerts, figures.window_start(now), now)
+        cutoff = now - table.history_seconds
+        incidents = incidents_by_realm(self.alerts, table.window_start(now), now)
         counts = dict.fromkeys(STATUSES, 0)
         selected: list[tuple[int, str, str]] = []
         total_ok = total_failed = 0
@@ -90,15 +92,15 @@ class HealthViews:
         for inc in incidents.values():
             downtime += inc.downtime
             recoveries.extend(inc.recoveries)
-        for realm_id in figures.realms:
-            stats = figures.stats.get(realm_id)
+        for realm_id in table.realms:
+            stats = table.stats.get(realm_id)
             if stats is not None:
                 stats.trim(cutoff)
                 total_ok += stats.ok
                 total_failed += stats.failed
                 lat_sum += stats.latency_sum
                 lat_n += stats.latency_n
-            state = realm_status(figures, self.alerts, realm_id, now)
+            state = realm_status(table, self.alerts, realm_id, now)
             counts[state] += 1
             if status is None or state == status:
                 selected.append((STATUS_RANK[state], realm_id, state))
@@ -108,17 +110,11 @@ class HealthViews:
             self._row(realm_id, state, incidents.get(realm_id), now)
             for _, realm_id, state in selected[offset : offset + limit]
         ]
-        while figures.global_samples and figures.global_samples[0][0] < cutoff:
-            figures.global_samples.popleft()
-        span = now - figures.window_start(now)
-        n = len(figures.realms)
+        while table.global_samples and table.global_samples[0][0] < cutoff:
+            table.global_samples.popleft()
+        span = now - table.window_start(now)
+        n = len(table.realms)
         overall_uptime = 1.0 if span <= 0 or n == 0 else max(0.0, 1.0 - downtime / (span * n))
-        active_alerts = self.alerts.active()
-        by_kind: dict[str, int] = {}
-        by_severity = {"warning": 0, "critical": 0}
-        for alert in active_alerts:
-            by_kind[alert.kind] = by_kind.get(alert.kind, 0) + 1
-            by_severity[alert.severity] = by_severity.get(alert.severity, 0) + 1
         return {
             "generated_at": iso(now),
             "status": overall_status(counts),
@@ -128,18 +124,14 @@ class HealthViews:
                 "requests_ok": total_ok,
                 "requests_failed": total_failed,
             },
-            "alerts": {
-                "active": len(active_alerts),
-                "by_severity": by_severity,
-                "by_kind": by_kind,
-            },
+            "alerts": self._alert_counts(),
             "sla": sla_block(
                 uptime=overall_uptime,
                 avg=lat_sum / lat_n if lat_n else None,
-                p95=percentile([s for _, s in figures.global_samples], 0.95),
+                p95=percentile([s for _, s in table.global_samples], 0.95),
                 incidents=sum(i.count for i in incidents.values()),
                 recoveries=recoveries,
-                alert_delay=alert_delay(self.alerts, now, figures.history_seconds),
+                alert_delay=alert_delay(self.alerts, now, table.history_seconds),
                 ok=total_ok,
                 failed=total_failed,
             ),
@@ -150,11 +142,20 @@ class HealthViews:
             "limit": limit,
         }
 
+    def _alert_counts(self) -> dict[str, Any]:
+        active = self.alerts.active()
+        by_kind: dict[str, int] = {}
+        by_severity = {"warning": 0, "critical": 0}
+        for alert in active:
+            by_kind[alert.kind] = by_kind.get(alert.kind, 0) + 1
+            by_severity[alert.severity] = by_severity.get(alert.severity, 0) + 1
+        return {"active": len(active), "by_severity": by_severity, "by_kind": by_kind}
+
     def _row(
         self, realm_id: str, state: str, incidents: Incidents | None, now: float
     ) -> dict[str, Any]:
-        stats = self.figures.stats.get(realm_id)
-        token = self.figures.tokens.get(realm_id)
+        stats = self.table.stats.get(realm_id)
+        token = self.table.tokens.get(realm_id)
         avg = p95 = None
         if stats is not None:
             avg, p95 = stats.avg_latency(), stats.p95_latency()
@@ -167,7 +168,7 @@ class HealthViews:
             "last_check_at": iso(stats.last_check_at) if stats else None,
             "avg_response_seconds": None if avg is None else round(avg, 4),
             "p95_response_seconds": None if p95 is None else round(p95, 4),
-            "uptime_ratio": round(uptime(incidents, now - self.figures.window_start(now)), 6),
+            "uptime_ratio": round(uptime(incidents, now - self.table.window_start(now)), 6),
             "refresh_expires_at": iso(
                 _earliest(token.refresh_expires_at, token.refresh_hard_expires_at)
             )

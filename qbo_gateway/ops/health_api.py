@@ -4,8 +4,8 @@ Every route is served under `/health/...` and `/integrations/qbo/health/...` (th
 services used before the gateway). Reads are open on the ops listener; actions (ack,
 start/stop, check) need `Authorization: Bearer <QBO_ADMIN_TOKEN>`, compared in constant
 time; with no admin token configured every action answers 401. The status page is plain
-HTML that refreshes itself, built from `HealthMonitor.public_status()` (no realm ids, no
-secrets), every value escaped.
+HTML that refreshes itself, built from `public_status` (no realm ids, no secrets), every
+value escaped.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from qbo_gateway.faults import gateway_fault
-from qbo_gateway.health.alerts import alert_json, iso
-from qbo_gateway.health.monitor import STATUSES, HealthMonitor, entry_json
+from qbo_gateway.health.alert_rules import alert_json, iso
+from qbo_gateway.health.business_view import entry_json
+from qbo_gateway.health.grading import STATUSES, realm_status
+from qbo_gateway.health.wiring import Health
 
 PREFIXES = ("/health", "/integrations/qbo/health")
 _REALM = re.compile(r"^[0-9]{1,32}$")
@@ -105,13 +107,13 @@ def _readable(stamp: str | None) -> str:
     return stamp.replace("T", " ").replace("Z", " UTC")
 
 
-def public_status(monitor: HealthMonitor) -> dict[str, Any]:
+def public_status(health: Health) -> dict[str, Any]:
     """What clients may see: components and incidents in plain words, no realm ids."""
-    now = monitor.clock.now()
-    n = max(1, len(monitor.known_realms()))
+    now = health.clock.now()
+    n = max(1, len(health.table.realms))
     affected: dict[str, set[str]] = {}
     since: dict[str, float] = {}
-    for alert in monitor.alerts.active():
+    for alert in health.alerts.active():
         if alert.kind == "refresh_token_expiring" and alert.severity != "critical":
             continue
         affected.setdefault(alert.kind, set()).add(alert.realm_id)
@@ -120,7 +122,7 @@ def public_status(monitor: HealthMonitor) -> dict[str, Any]:
         affected.get("circuit_open", set())
         | {
             a.realm_id
-            for a in monitor.alerts.active()
+            for a in health.alerts.active()
             if a.kind == "consecutive_failures" and a.severity == "critical"
         }
     )
@@ -144,7 +146,7 @@ def public_status(monitor: HealthMonitor) -> dict[str, Any]:
         {"name": "Token service", "status": _component_status(0, len(token_any), n)},
         {
             "name": "Gateway",
-            "status": "operational" if monitor.backend_up() else "degraded",
+            "status": "operational" if health.backend_up() else "degraded",
         },
     ]
     worst = max(components, key=lambda c: _COMPONENT_RANK[c["status"]])["status"]
@@ -227,19 +229,17 @@ def _component_status(down: int, affected: int, total: int) -> str:
     return "operational"
 
 
-def add_health_routes(
-    app: web.Application, monitor: HealthMonitor, *, admin_token: str | None
-) -> None:
+def add_health_routes(app: web.Application, health: Health, *, admin_token: str | None) -> None:
     """Register every health route under both prefixes."""
 
     async def summary(request: web.Request) -> web.Response:
-        return web.json_response(await monitor.summary())
+        return web.json_response(await health.views.summary())
 
     async def dashboard(request: web.Request) -> web.Response:
         status = request.query.get("status")
         if status is not None and status not in STATUSES:
             return _problem(400, f"status must be one of {', '.join(STATUSES)}")
-        body = await monitor.dashboard(
+        body = await health.views.dashboard(
             status=status,
             limit=_int_query(request, "limit"),
             offset=_int_query(request, "offset") or 0,
@@ -250,13 +250,13 @@ def add_health_routes(
         realm_id = request.match_info["realm_id"]
         if not _REALM.match(realm_id):
             return _problem(400, "realm id must be digits")
-        body = await monitor.business(realm_id)
+        body = await health.business_view.business(realm_id)
         if body is None:
             return _problem(404, "unknown realm")
         return web.json_response(body)
 
     async def status_page(request: web.Request) -> web.Response:
-        page = render_status_page(public_status(monitor))
+        page = render_status_page(public_status(health))
         return web.Response(
             text=page,
             content_type="text/html",
@@ -268,7 +268,7 @@ def add_health_routes(
         state = request.query.get("state")
         if state is not None and state not in (*_STATE_FILTERS, "all"):
             return _problem(400, "state must be active, acknowledged, resolved or all")
-        items = await monitor.alerts.list_alerts()
+        items = await health.alerts.list_alerts()
         if state is not None and state != "all":
             items = [a for a in items if a.state == state]
         return web.json_response(
@@ -278,7 +278,7 @@ def add_health_routes(
     async def ack(request: web.Request) -> web.Response:
         if not _authorized(request, admin_token):
             return _unauthorized()
-        acked = await monitor.alerts.ack(request.match_info["alert_id"], by="admin")
+        acked = await health.alerts.ack(request.match_info["alert_id"], by="admin")
         if acked is None:
             return _problem(404, "unknown alert")
         return web.json_response(alert_json(acked))
@@ -286,13 +286,13 @@ def add_health_routes(
     async def start(request: web.Request) -> web.Response:
         if not _authorized(request, admin_token):
             return _unauthorized()
-        started = await monitor.start_monitoring()
+        started = await health.cycle.start()
         return web.json_response({"monitoring": True, "changed": started})
 
     async def stop(request: web.Request) -> web.Response:
         if not _authorized(request, admin_token):
             return _unauthorized()
-        stopped = await monitor.stop_monitoring()
+        stopped = await health.cycle.stop()
         return web.json_response({"monitoring": False, "changed": stopped})
 
     async def check(request: web.Request) -> web.Response:
@@ -301,21 +301,21 @@ def add_health_routes(
         realm_id = request.match_info["realm_id"]
         if not _REALM.match(realm_id):
             return _problem(400, "realm id must be digits")
-        await monitor.refresh_tokens_quietly()
-        if realm_id not in monitor.known_realms():
+        await health.token_rules.refresh_quietly()
+        if realm_id not in health.table.realms:
             return _problem(404, "unknown realm")
         try:
-            entry = await monitor.check_now(realm_id)
+            entry = await health.check_now(realm_id)
         except Exception as exc:  # noqa: BLE001 - report the failed check, do not 500
             return web.json_response(
                 {"realm_id": realm_id, "check": None, "error": type(exc).__name__},
                 status=200,
             )
-        now = monitor.clock.now()
+        now = health.clock.now()
         return web.json_response(
             {
                 "realm_id": realm_id,
-                "status": monitor.realm_status(realm_id, now),
+                "status": realm_status(health.table, health.alerts, realm_id, now),
                 "check": entry_json(entry) if entry is not None else None,
             }
         )
