@@ -19,6 +19,7 @@ from qbo_gateway.admission.fallback import FallbackAdmission
 from qbo_gateway.admission.records import AdmissionBackend, AdmissionPolicy
 from qbo_gateway.cache.backend_memory import MemoryCacheBackend
 from qbo_gateway.cache.backend_redis import RedisCacheBackend
+from qbo_gateway.cache.fallback import FallbackCache
 from qbo_gateway.cache.records import CacheBackend
 from qbo_gateway.clock import Clock, SystemClock
 from qbo_gateway.health.store_fallback import FallbackHealthStore
@@ -87,7 +88,11 @@ def build_backends(
             MemoryAdmission(policy.shared_out(replica_count), clock=clock),
             availability=availability,
         ),
-        cache=RedisCacheBackend(redis, keys),
+        cache=FallbackCache(
+            RedisCacheBackend(redis, keys),
+            MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),
+            availability=availability,
+        ),
         health=FallbackHealthStore(
             RedisHealthStore(redis, history_seconds=history_seconds, keys=keys),
             MemoryHealthStore(history_seconds=history_seconds),

@@ -15,15 +15,17 @@ from redis.asyncio import Redis
 
 from qbo_gateway.cache.backend_memory import MemoryCacheBackend
 from qbo_gateway.cache.backend_redis import RedisCacheBackend
+from qbo_gateway.cache.fallback import FallbackCache
 from qbo_gateway.cache.records import CacheBackend, CachedEntry, CorruptEntry
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.metrics import Metrics
+from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer, free_port
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "fallback"]
 
 
 async def open_backend(
@@ -39,7 +41,12 @@ async def open_backend(
     if kind == "memory":
         return MemoryCacheBackend(max_bytes=max_bytes, clock=clock, metrics=metrics), None
     client = make_redis(redis_server.url)
-    return RedisCacheBackend(client, RedisKeys(prefix)), client
+    shared = RedisCacheBackend(client, RedisKeys(prefix))
+    if kind == "redis":
+        return shared, client
+    availability = BackendAvailability(ping=client.ping, metrics=metrics, probe_interval=30)
+    local = MemoryCacheBackend(max_bytes=max_bytes, clock=clock, metrics=metrics)
+    return FallbackCache(shared, local, availability=availability), client
 
 
 def entry(realm: str = "111", body: bytes = b'{"ok":true}', **changes: object) -> CachedEntry:
