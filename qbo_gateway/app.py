@@ -25,7 +25,10 @@ from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
 from qbo_gateway.backends import build_backends
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
+from qbo_gateway.edge.answers import proxy_edge
+from qbo_gateway.edge.server import set_edge_limits
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
+from qbo_gateway.log_foreign import set_caller_key_hashes
 from qbo_gateway.logs import register_secrets
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth.connect import (
@@ -37,6 +40,7 @@ from qbo_gateway.oauth.connect import (
 from qbo_gateway.oauth.intuit import OAuthClient
 from qbo_gateway.ops.health_api import add_health_routes
 from qbo_gateway.ops.listener import ComponentState, Readiness, admin_authorized, build_ops_app
+from qbo_gateway.ops.read_guard import read_guard
 from qbo_gateway.proxy.callers import CallerRegistry, load_callers
 from qbo_gateway.proxy.handler import Proxy
 from qbo_gateway.proxy.upstream import Upstream, make_session
@@ -138,6 +142,7 @@ async def build_gateway(
         [
             _secret(settings.client_secret),
             _secret(settings.admin_token),
+            _secret(settings.ops_read_token),
             _secret(settings.access_token),
             _secret(settings.refresh_token),
             *(_secret(settings.token_keys) or "").split(","),
@@ -214,7 +219,10 @@ async def build_gateway(
         clock=clock,
         timeout=settings.token_timeout_seconds,
     )
-    callers = CallerRegistry(load_callers(settings.callers_file) if settings.callers_file else None)
+    caller_list = load_callers(settings.callers_file) if settings.callers_file else None
+    # Library log text may quote a caller's key from a malformed header: find it by hash.
+    set_caller_key_hashes(c.key_sha256.hex() for c in caller_list or [])
+    callers = CallerRegistry(caller_list)
     tokens = TokenManager(
         store=store,
         locks=locks,
@@ -241,7 +249,7 @@ async def build_gateway(
         max_body_bytes=settings.max_body_bytes,
         request_timeout=settings.request_timeout_seconds,
     )
-    proxy_app = web.Application(client_max_size=settings.max_body_bytes)
+    proxy_app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[proxy_edge()])
     proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
 
     async def force_refresh(realm_id: str) -> dict[str, object]:
@@ -277,6 +285,15 @@ async def build_gateway(
 
     ops_app.add_routes(connect_routes(flow, guard=admin_guard))
     add_health_routes(ops_app, health, admin_token=admin_token)
+    ops_app.middlewares.append(read_guard(_secret(settings.ops_read_token), admin_token))
+    set_edge_limits(
+        {
+            "proxy": (proxy_app, settings.proxy_max_connections),
+            "ops": (ops_app, settings.ops_max_connections),
+        },
+        header_timeout=settings.header_timeout_seconds,
+        registry=metrics.registry,
+    )
     gateway = Gateway(
         settings=settings,
         clock=clock,

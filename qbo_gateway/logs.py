@@ -7,7 +7,8 @@ structlog renders JSON (or console) lines. Before rendering, `redact` replaces:
   access/refresh token the process has handled) inside any string value;
 - anything shaped like `Bearer <credential>` or `Basic <credential>`.
 Redaction sits in the processor chain, so it holds for every logger in the process,
-including third-party ones routed through the stdlib bridge.
+including third-party ones routed through the stdlib bridge; their text (and any rendered
+traceback) is also scrubbed by `log_foreign`, which finds credentials in raw header lines.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
+
+from qbo_gateway.log_foreign import scrub_exception, scrub_foreign
 
 REDACTED = "[REDACTED]"
 _SECRET_FIELD = re.compile(
@@ -122,6 +125,7 @@ def _shared_processors() -> list[Any]:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        scrub_exception,
         redact,
     ]
 
@@ -147,7 +151,8 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_shared_processors(),
+        # Library records may quote raw wire bytes: they get the stricter scrub too.
+        foreign_pre_chain=[*_shared_processors(), scrub_foreign],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(stream or sys.stderr)

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     ops_host: str = "0.0.0.0"  # noqa: S104 - the ops listener serves probes to the kubelet
     ops_port: int = Field(9090, ge=0, le=65535)
     shutdown_timeout_seconds: float = Field(20.0, ge=0)
+    # A request's line and headers must arrive within this (slow-header connections close).
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    proxy_max_connections: int = Field(512, ge=1)
+    ops_max_connections: int = Field(64, ge=1)
 
     # state
     redis_url: str | None = None
@@ -115,6 +119,7 @@ class Settings(BaseSettings):
     # callers and admin
     callers_file: Path | None = None
     admin_token: SecretStr | None = None
+    ops_read_token: SecretStr | None = None  # guards the JSON health routes when set
 
     # proxy behaviour
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)

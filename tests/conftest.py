@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestServer
 
+from qbo_gateway.edge.server import EDGE_LIMITS
+from tests.harness import EdgeTestServer
 from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+async def aiohttp_server() -> AsyncIterator[Any]:
+    """pytest-aiohttp's factory, serving the gateway's listeners as the daemon does.
+
+    An app that carries `EDGE_LIMITS` (the proxy and ops apps) gets the edge request
+    handler (fault-shaped parser errors, header deadline, connection bound); others (the
+    simulator) get aiohttp's plain server.
+    """
+    servers: list[BaseTestServer] = []
+
+    async def go(
+        app: web.Application, *, host: str = "127.0.0.1", port: int | None = None, **kw: Any
+    ) -> BaseTestServer:
+        kind = EdgeTestServer if EDGE_LIMITS in app else TestServer
+        server = kind(app, host=host, port=port)
+        await server.start_server(**kw)
+        servers.append(server)
+        return server
+
+    yield go
+    while servers:
+        await servers.pop().close()
 
 
 @pytest.fixture(scope="session")

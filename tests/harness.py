@@ -13,10 +13,12 @@ from typing import Any
 
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 from prometheus_client import CollectorRegistry
 
 from qbo_gateway.app import Gateway, build_gateway
 from qbo_gateway.clock import Clock, SystemClock
+from qbo_gateway.edge.server import EdgeRunner
 from qbo_gateway.settings import load_settings
 from qbo_gateway.simulator import Simulator, TokenPair
 
@@ -24,6 +26,13 @@ REALM = "9130349226472226"
 OTHER_REALM = "4620816365178923"
 CLIENT_ID = "test-client"
 CLIENT_SECRET = "test-client-secret-value"
+
+
+class EdgeTestServer(TestServer):
+    """A test server that runs an app the way `qbo-gateway serve` does (`EdgeRunner`)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return EdgeRunner(self.app, **kwargs)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qbo_gateway.ops.read_guard import open_health_warning
 from qbo_gateway.proxy.callers import CallersFileError, load_callers
 from qbo_gateway.settings import Settings
 from qbo_gateway.tokens.crypto import InvalidKeys, parse_keys
@@ -52,6 +53,9 @@ def check_config(settings: Settings) -> tuple[list[str], list[str]]:
         notes.append("Redis mode (QBO_REDIS_URL set; not contacted by check-config)")
     if not settings.client_id or not settings.client_secret.get_secret_value():
         notes.append("QBO_CLIENT_ID/QBO_CLIENT_SECRET unset: token refresh will fail")
+    exposed = open_health_warning(settings)
+    if exposed:
+        notes.append(f"warning: {exposed}; set QBO_OPS_READ_TOKEN")
     if settings.proxy_port == settings.ops_port and settings.proxy_port != 0:
         problems.append("QBO_PROXY_PORT and QBO_OPS_PORT must differ")
     return problems, notes

@@ -18,7 +18,9 @@ import structlog
 from aiohttp import web
 
 from qbo_gateway.app import Gateway, build_gateway, store_durability
+from qbo_gateway.edge.server import EdgeRunner
 from qbo_gateway.ops.listener import ComponentState
+from qbo_gateway.ops.read_guard import open_health_warning
 from qbo_gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -37,10 +39,10 @@ async def serve(
     durable, why = await store_durability(gw)
     if not durable:
         log.critical("token_store_not_durable", detail=why)
-    proxy_runner = web.AppRunner(
+    proxy_runner = EdgeRunner(
         gw.proxy_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
     )
-    ops_runner = web.AppRunner(gw.ops_app, access_log=None, shutdown_timeout=2.0)
+    ops_runner = EdgeRunner(gw.ops_app, access_log=None, shutdown_timeout=2.0)
     await proxy_runner.setup()
     await ops_runner.setup()
     proxy_site = web.TCPSite(proxy_runner, settings.proxy_host, settings.proxy_port)
@@ -59,6 +61,9 @@ async def serve(
         return ComponentState(True, f"proxy {settings.proxy_host}:{settings.proxy_port}")
 
     gw.readiness.add("listeners", listeners_check)
+    exposed = open_health_warning(settings)
+    if exposed:
+        log.warning("health_routes_open", detail=exposed, fix="set QBO_OPS_READ_TOKEN")
     await gw.start_background()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
