@@ -25,7 +25,7 @@ from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
 from qbo_gateway.backends import build_backends
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
-from qbo_gateway.edge.answers import proxy_edge
+from qbo_gateway.edge.answers import ops_edge, proxy_edge
 from qbo_gateway.edge.server import set_edge_limits
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
 from qbo_gateway.log_foreign import set_caller_key_hashes
@@ -285,6 +285,7 @@ async def build_gateway(
 
     ops_app.add_routes(connect_routes(flow, guard=admin_guard))
     add_health_routes(ops_app, health, admin_token=admin_token)
+    ops_app.middlewares.append(ops_edge())
     ops_app.middlewares.append(read_guard(_secret(settings.ops_read_token), admin_token))
     set_edge_limits(
         {

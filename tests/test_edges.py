@@ -330,3 +330,15 @@ async def test_serve_says_once_that_health_routes_are_open(
     stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
     events = [json.loads(line).get("event") for line in stderr.splitlines() if line.startswith("{")]
     assert events.count("health_routes_open") == 1
+
+
+async def test_ops_router_refusals_are_faults(stack: Stack) -> None:
+    async with stack.session.get(f"{stack.ops_url}/no/such/route") as resp:
+        assert resp.status == 404
+        assert resp.headers["X-QBO-Gateway-Error"] == "GW-NOT-FOUND"
+        assert resp.headers["X-Request-Id"]
+        assert (await resp.json())["Fault"]["Error"][0]["code"] == "9404"
+    async with stack.session.delete(f"{stack.ops_url}/livez") as resp:
+        assert resp.status == 405
+        assert "GET" in resp.headers["Allow"]
+        assert (await resp.json())["Fault"]["Error"][0]["code"] == "9405"

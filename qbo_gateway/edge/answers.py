@@ -16,6 +16,7 @@ from qbo_gateway.faults import (
     GatewayError,
     MethodNotAllowed,
     PayloadTooLarge,
+    gateway_fault,
     render_fault,
 )
 from qbo_gateway.request_ids import request_id_of
@@ -44,6 +45,31 @@ def proxy_edge() -> Middleware:
             return await handler(request)
         except web.HTTPException as exc:
             return render_fault(_proxy_error(exc), {"X-Request-Id": _rid(request)})
+
+    return edge
+
+
+def ops_edge() -> Middleware:
+    """The ops listener's router refusals (no such route, wrong method) as faults."""
+
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"X-Request-Id": _rid(request)}
+            if exc.status == 405:
+                headers["Allow"] = exc.headers.get("Allow", "")
+                return gateway_fault(
+                    "GW-METHOD-NOT-ALLOWED", 405, "The method is not allowed", headers=headers
+                )
+            if exc.status == 404:
+                return gateway_fault("GW-NOT-FOUND", 404, "No such route", headers=headers)
+            if exc.status < 500:
+                return gateway_fault("GW-BAD-PATH", exc.status, exc.reason, headers=headers)
+            return gateway_fault("GW-INTERNAL", 500, "The gateway failed", headers=headers)
 
     return edge
 
