@@ -37,9 +37,9 @@ from qbo_gateway.proxy.exchange import AdmissionGate, QboCaller, QboRequest, Tok
 from qbo_gateway.proxy.paths import Target, check_path, forward_headers, is_read
 from qbo_gateway.proxy.relay import Relay, relay
 from qbo_gateway.proxy.upstream import Upstream
+from qbo_gateway.request_ids import request_id_of
 
 _CHUNK = 64 * 1024
-_REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
 class Proxy:
@@ -80,7 +80,7 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        rec = RequestRecord(request_id=_request_id(request), method=request.method)
+        rec = RequestRecord(request_id=request_id_of(request.headers), method=request.method)
         response: web.StreamResponse
         try:
             target = check_path(request.raw_path)
@@ -171,10 +171,3 @@ class Proxy:
             probe=True,
         )
         return status
-
-
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id", "")
-    if 0 < len(given) <= 128 and all(c in _REQUEST_ID_OK for c in given):
-        return given
-    return uuid.uuid4().hex
