@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # qbo-gateway container image: a slim Python runtime holding only the installed package.
 # Build: docker build -t qbo-gateway .   Run: docker run -p 9090:9090 qbo-gateway
+# Without Docker: deploy/image-check.sh builds it with podman on a locally made base.
 # No secret is baked in: settings come from the environment or files in QBO_SECRETS_DIR.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -15,7 +16,15 @@ ENV PATH=/opt/qbo-gateway/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY qbo_gateway ./qbo_gateway
-RUN pip install --no-cache-dir . \
+# pip and setuptools are build tools: once the package is in, they leave the venv, so the
+# runtime stage carries no installer. A build that must reach the package index through a
+# private CA passes a pip configuration and the CA bundle as build secrets (pip_conf, ca):
+# they are mounted for this step only and never stored in a layer. Without them pip uses its
+# own defaults.
+RUN --mount=type=secret,id=pip_conf,target=/run/secrets/pip.conf \
+    --mount=type=secret,id=ca,target=/run/secrets/ca.crt \
+    PIP_CONFIG_FILE=/run/secrets/pip.conf pip install --no-cache-dir . \
+    && python -m pip uninstall -q -y pip setuptools \
     && python -m compileall -q /opt/qbo-gateway
 
 FROM ${PYTHON_IMAGE} AS runtime

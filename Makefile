@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 VENV ?= .venv
 
-.PHONY: install check lint types test demo bench deploy-check
+.PHONY: install check lint types test demo bench deploy-check image-check
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -21,10 +21,15 @@ test:
 	$(PY) -m pytest -q
 
 # deploy-check runs before test: it fetches promtool, which the deploy tests use.
-check: install lint types deploy-check test
+# image-check runs before test, so pytest's summary is the last line of the run.
+check: install lint types deploy-check image-check test
 
 demo: install
 	$(VENV)/bin/qbo-gateway demo
+
+# Builds and runs the container image with podman; says "skipped" where podman is missing.
+image-check:
+	deploy/image-check.sh
 
 deploy-check:
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH deploy/check.sh
