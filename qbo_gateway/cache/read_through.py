@@ -180,7 +180,8 @@ class ReadThrough:
     async def _stale_or_raise(
         self, slot: _Slot, err: GatewayError, rec: RequestRecord
     ) -> web.Response:
-        stale = await self._stale(slot, degraded_reason(err), err.status, rec)
+        # No upstream status to name: the gateway refused, or QBO gave no answer at all.
+        stale = await self._stale(slot, degraded_reason(err), None, rec)
         if stale is None:
             raise err
         return stale
