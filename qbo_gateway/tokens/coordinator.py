@@ -1,7 +1,9 @@
 """Exactly one refresh of a realm at a time: in this process, then across replicas.
 
 Two refreshes of one realm can sever it for good (Intuit may kill the old refresh token at
-once), so the order is oauth2-proxy's: in-process single-flight, then a cross-replica lock
+once), so the order is oauth2-proxy's: in-process single flight (`single_flight`, the same
+utility the read cache uses; what is added here is the refresh mode a caller joins and the
+forced refresh that waits for the running one to land), then a cross-replica lock
 with an owner and a lease, then the locked refresh (`refresh`). The refresh runs in a
 task of its own, shielded from its callers: a caller that leaves, or a shutdown mid-refresh,
 still ends with the new pair stored (`drain()` waits for it). While the state backend is
@@ -12,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import uuid
 
 import structlog
 
 from qbo_gateway.faults import GatewayError, ReconnectRequired, UnknownRealm, UpstreamUnavailable
 from qbo_gateway.metrics import Metrics
+from qbo_gateway.single_flight import SingleFlight
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.locks import Locks
 from qbo_gateway.tokens.local_copy import TokenMemory
@@ -50,7 +52,8 @@ class RefreshCoordinator:
         self._policy = policy
         self._locked = locked
         self._lock_lease = lock_lease
-        self._flights: dict[str, asyncio.Task[TokenRecord]] = {}
+        self._flights: SingleFlight[str, TokenRecord] = SingleFlight("token-refresh")
+        # The mode each realm's latest refresh was started with (read while it is in flight).
         self._flight_modes: dict[str, Mode] = {}
         self._skip_noted: set[str] = set()
         self._unreleased: dict[str, str] = {}  # lock -> our owner token, release failed
@@ -61,21 +64,16 @@ class RefreshCoordinator:
         """Join the realm's refresh in flight, or start one; the caller may leave safely."""
         record: TokenRecord | None = None
         for _ in range(2):
-            flight = self._flights.get(realm_id)
+            flight = self._flights.running(realm_id)
             if flight is not None and mode is Mode.FORCE:
                 # An admin wants a refresh after now: let the running one land, then refresh.
                 with contextlib.suppress(GatewayError):
                     await asyncio.shield(flight)
-                flight = self._flights.get(realm_id)
+                flight = self._flights.running(realm_id)
             joined_mode = self._flight_modes.get(realm_id) if flight is not None else None
             if flight is None:
-                flight = asyncio.get_running_loop().create_task(
-                    self._flow(realm_id, mode, used_token),
-                    name=f"token-refresh-{realm_id}",
-                )
-                self._flights[realm_id] = flight
                 self._flight_modes[realm_id] = mode
-                flight.add_done_callback(functools.partial(self._landed, realm_id))
+                flight = self._flights.start(realm_id, self._flow(realm_id, mode, used_token))
             record = await asyncio.shield(flight)
             # A joined refresh of another kind may not have done what this caller needs
             # (a "due" check does not refresh a token QBO just refused): go once more.
@@ -88,15 +86,7 @@ class RefreshCoordinator:
 
     async def drain(self) -> None:
         """Wait for refreshes in flight (they are never cut off)."""
-        while self._flights:
-            await asyncio.gather(*self._flights.values(), return_exceptions=True)
-
-    def _landed(self, realm_id: str, task: asyncio.Task[TokenRecord]) -> None:
-        if self._flights.get(realm_id) is task:
-            del self._flights[realm_id]
-            self._flight_modes.pop(realm_id, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here: every caller may have left
+        await self._flights.drain()
 
     async def _flow(self, realm_id: str, mode: Mode, used_token: str | None) -> TokenRecord:
         seen = self._memory.cached(realm_id)
