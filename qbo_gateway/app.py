@@ -17,7 +17,6 @@ import aiohttp
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.admission.records import AdmissionPolicy
@@ -47,6 +46,7 @@ from qbo_gateway.proxy.upstream import Upstream, make_session
 from qbo_gateway.settings import Settings, parse_expiry
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.locks import Locks
+from qbo_gateway.state.redis_client import RedisClient
 from qbo_gateway.tokens.crypto import TokenCipher, load_or_create_key_file
 from qbo_gateway.tokens.manager import TokenManager
 from qbo_gateway.tokens.records import TokenStatus, TokenStore
@@ -72,7 +72,7 @@ class Gateway:
     proxy_app: web.Application
     ops_app: web.Application
     availability: BackendAvailability
-    redis: Redis | None = None
+    redis: RedisClient | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     closers: list[Any] = field(default_factory=list)
 
@@ -153,7 +153,7 @@ async def build_gateway(
     cipher = TokenCipher(token_keys(settings))
     policy = admission_policy(settings)
     backends = build_backends(
-        redis_url=settings.redis_url,
+        topology=settings.redis_topology,
         prefix=redis_prefix or settings.redis_prefix,
         state_dir=settings.state_dir,
         replica_count=settings.replica_count,

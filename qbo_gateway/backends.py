@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from qbo_gateway.admission.backend_memory import MemoryAdmission
 from qbo_gateway.admission.backend_redis import RedisAdmission
 from qbo_gateway.admission.fallback import FallbackAdmission
@@ -29,7 +27,8 @@ from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.locks import Locks, MemoryLocks, RedisLocks
-from qbo_gateway.state.redis_client import make_redis
+from qbo_gateway.state.redis_client import RedisClient, connect_redis, ping
+from qbo_gateway.state.topology import RedisTopology
 from qbo_gateway.tokens.crypto import TokenCipher
 from qbo_gateway.tokens.records import TokenStore
 from qbo_gateway.tokens.store_redis import RedisTokenStore
@@ -38,7 +37,7 @@ from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
 
 @dataclass
 class StateBackends:
-    redis: Redis | None
+    redis: RedisClient | None
     keys: RedisKeys
     availability: BackendAvailability
     tokens: TokenStore
@@ -50,7 +49,7 @@ class StateBackends:
 
 def build_backends(
     *,
-    redis_url: str | None,
+    topology: RedisTopology | None,
     prefix: str,
     state_dir: Path,
     replica_count: int,
@@ -62,7 +61,7 @@ def build_backends(
     metrics: Metrics,
 ) -> StateBackends:
     keys = RedisKeys(prefix)
-    if not redis_url:
+    if topology is None:
         return StateBackends(
             redis=None,
             keys=keys,
@@ -73,8 +72,12 @@ def build_backends(
             cache=MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),
             health=MemoryHealthStore(history_seconds=history_seconds),
         )
-    redis = make_redis(redis_url)
-    availability = BackendAvailability(ping=redis.ping, metrics=metrics)
+    redis = connect_redis(topology)
+
+    async def reachable() -> None:
+        await ping(redis)
+
+    availability = BackendAvailability(ping=reachable, metrics=metrics)
     # Production scripts read Redis TIME (one clock for all replicas); tests inject theirs.
     script_clock = None if isinstance(clock, SystemClock) else clock
     return StateBackends(

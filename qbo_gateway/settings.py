@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qbo_gateway.state.topology import RedisTopology, check_topology, parse_sentinels
+
 INTUIT_API = {
     "sandbox": "https://sandbox-quickbooks.api.intuit.com",
     "production": "https://quickbooks.api.intuit.com",
@@ -110,6 +112,10 @@ class Settings(BaseSettings):
 
     # state
     redis_url: str | None = None
+    redis_mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = Field("mymaster", min_length=1)
+    redis_ca_file: Path | None = None
     redis_prefix: str = "qbogw"
     replica_count: int = Field(1, ge=1)
     state_dir: Path = Field(default_factory=default_state_dir)
@@ -163,7 +169,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("log_level", "log_format", "environment", mode="before")
+    @field_validator("log_level", "log_format", "environment", "redis_mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -185,6 +191,21 @@ class Settings(BaseSettings):
             return None
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("QBO_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_sentinels(value)
+        return value
+
+    @field_validator("redis_ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
         return value
 
     @field_validator("realm_id")
@@ -217,7 +238,13 @@ class Settings(BaseSettings):
             )
         if self.callers_file is not None and not self.callers_file.is_file():
             raise ValueError(f"QBO_CALLERS_FILE={self.callers_file} is not a readable file")
-        if self.redis_url and not self.token_keys:
+        check_topology(
+            mode=self.redis_mode,
+            url=self.redis_url,
+            sentinels=self.redis_sentinels,
+            ca_file=self.redis_ca_file,
+        )
+        if not self.embedded and not self.token_keys:
             raise ValueError("QBO_TOKEN_KEYS is required when QBO_REDIS_URL is set")
         if self.realm_id and not self.refresh_token:
             raise ValueError("QBO_REALM_ID is set but QBO_REFRESH_TOKEN is not")
@@ -242,7 +269,20 @@ class Settings(BaseSettings):
 
     @property
     def embedded(self) -> bool:
-        return self.redis_url is None
+        return self.redis_url is None and self.redis_mode == "standalone"
+
+    @property
+    def redis_topology(self) -> RedisTopology | None:
+        """Where Redis is (None: embedded mode, no Redis)."""
+        if self.embedded:
+            return None
+        return RedisTopology(
+            mode=self.redis_mode,
+            url=self.redis_url,
+            sentinels=parse_sentinels(self.redis_sentinels) if self.redis_sentinels else (),
+            sentinel_master=self.redis_sentinel_master,
+            ca_file=str(self.redis_ca_file) if self.redis_ca_file else None,
+        )
 
 
 class SettingsError(Exception):

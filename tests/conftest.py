@@ -1,9 +1,14 @@
-"""Shared fixtures: a private redis-server per session, a fresh key prefix per test."""
+"""Shared fixtures: private Redis topologies per session, a fresh key prefix per test.
+
+Each topology starts only when a test asks for it, so running one test file starts only
+what that file uses. Behaviour suites parametrize over `redis_topologies.REDIS_TARGETS`.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +18,8 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from qbo_gateway.edge.server import EDGE_LIMITS
 from tests.harness import EdgeTestServer
 from tests.redis_server import RedisServer
+from tests.redis_topologies import RedisClusterSet, SentinelSet, tls_acl_server
+from tests.tls_files import TlsFiles, make_tls_files
 
 
 @pytest.fixture
@@ -42,6 +49,39 @@ async def aiohttp_server() -> AsyncIterator[Any]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterSet]:
+    cluster = RedisClusterSet()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelSet]:
+    sentinels = SentinelSet()
+    try:
+        sentinels.start()
+        yield sentinels
+    finally:
+        sentinels.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(Path(tmp_path_factory.mktemp("tls")))
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(tls_files: TlsFiles) -> Iterator[RedisServer]:
+    server = tls_acl_server(tls_files)
     server.start()
     yield server
     server.cleanup()

@@ -1,6 +1,7 @@
 """A private redis-server for tests: started on a free port, stoppable and restartable.
 
-Tests never touch the machine's shared Redis on 6379.
+Tests never touch the machine's shared Redis on 6379. Options cover what the topology
+fixtures need (cluster and replica flags, TLS with a test CA, an ACL user).
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis as sync_redis
+
+if TYPE_CHECKING:
+    from tests.tls_files import TlsFiles
 
 
 def free_port() -> int:
@@ -21,15 +28,52 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        persistent: bool = False,
+        extra: list[str] | None = None,
+        tls: TlsFiles | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.persistent = persistent
+        self.extra = extra or []
+        self.tls = tls
+        self.username = username
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="qbogw-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        auth = f"{self.username}:{self.password}@" if self.username else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls.cert),
+            "--tls-key-file",
+            str(self.tls.key),
+            "--tls-ca-cert-file",
+            str(self.tls.ca_cert),
+            "--tls-auth-clients",
+            "no",
+        ]
+
+    def sync_client(self) -> sync_redis.Redis:
+        tls = {"ssl_ca_certs": str(self.tls.ca_cert)} if self.tls else {}
+        return sync_redis.Redis.from_url(self.url, socket_timeout=0.5, **tls)
 
     def start(self) -> None:
         exe = shutil.which("redis-server")
@@ -39,8 +83,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 exe,
-                "--port",
-                str(self.port),
+                *self._listen_args(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -52,19 +95,23 @@ class RedisServer:
                 str(self.dir / "redis.log"),
                 "--protected-mode",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        client = self.sync_client()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if client.ping():
                         return
-            except OSError:
-                time.sleep(0.02)
+                except (sync_redis.RedisError, OSError):
+                    time.sleep(0.02)  # waiting on another process to listen
+        finally:
+            client.close()
+        self.stop()
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:

@@ -26,6 +26,7 @@ from qbo_gateway.clock import ManualClock
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer
+from tests.redis_topologies import REDIS_TARGETS, redis_target
 
 REALM = "9130350000000001"
 Factory = Callable[..., Awaitable[list[AdmissionBackend]]]
@@ -36,7 +37,7 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_TARGETS])
 async def make_backends(
     request: pytest.FixtureRequest, clock: ManualClock, redis_prefix: str
 ) -> AsyncIterator[Factory]:
@@ -49,10 +50,10 @@ async def make_backends(
         if request.param == "memory":
             shared = MemoryAdmission(policy, clock=clock, random=random)
             return [shared] * n
-        server: RedisServer = request.getfixturevalue("redis_server")
+        target = redis_target(request, request.param)
         out: list[AdmissionBackend] = []
         for _ in range(n):
-            client = make_redis(server.url)
+            client = target.client()
             clients.append(client)
             out.append(
                 RedisAdmission(

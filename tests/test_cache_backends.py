@@ -22,8 +22,9 @@ from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.redis_client import make_redis
+from qbo_gateway.state.redis_client import RedisClient, make_redis
 from tests.redis_server import RedisServer, free_port
+from tests.redis_topologies import REDIS_TARGETS, redis_target
 
 BACKENDS = ["memory", "redis", "fallback"]
 
@@ -72,17 +73,19 @@ def metrics() -> Metrics:
     return Metrics(CollectorRegistry())
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=["memory", *REDIS_TARGETS])
 async def backend(
     request: pytest.FixtureRequest,
     clock: ManualClock,
     metrics: Metrics,
-    redis_server: RedisServer,
     redis_prefix: str,
 ) -> AsyncIterator[CacheBackend]:
-    home, client = await open_backend(
-        request.param, clock=clock, metrics=metrics, redis_server=redis_server, prefix=redis_prefix
-    )
+    client: RedisClient | None = None
+    if request.param == "memory":
+        home: CacheBackend = MemoryCacheBackend(max_bytes=1 << 20, clock=clock, metrics=metrics)
+    else:
+        client = redis_target(request, request.param).client()
+        home = RedisCacheBackend(client, RedisKeys(redis_prefix))
     yield home
     await home.close()
     if client is not None:

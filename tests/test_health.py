@@ -37,6 +37,7 @@ from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from qbo_gateway.tokens.records import TokenStatus
 from tests.redis_server import RedisServer, free_port
+from tests.redis_topologies import REDIS_TARGETS, redis_target
 
 DAY = 86400.0
 
@@ -150,14 +151,12 @@ def fail(monitor: Health, realm_id: str) -> None:
 # --------------------------------------------------------------------------- stores
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, redis_prefix: str
-) -> AsyncIterator[HealthStore]:
+@pytest.fixture(params=["memory", *REDIS_TARGETS])
+async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[HealthStore]:
     if request.param == "memory":
         yield MemoryHealthStore(history_seconds=100.0, max_entries_per_realm=5)
         return
-    redis = make_redis(redis_server.url)
+    redis = redis_target(request, request.param).client()
     yield RedisHealthStore(
         redis, history_seconds=100.0, keys=RedisKeys(redis_prefix), max_entries_per_realm=5
     )

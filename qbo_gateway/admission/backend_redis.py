@@ -16,7 +16,6 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from qbo_gateway.admission.records import (
@@ -31,7 +30,7 @@ from qbo_gateway.admission.records import (
 from qbo_gateway.clock import Clock
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
+from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
 
 _US = 1_000_000
 _WAIT_POLL_US = 50_000
@@ -54,7 +53,7 @@ class RedisAdmission:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         policy: AdmissionPolicy,
         *,
         keys: RedisKeys | None = None,

@@ -14,13 +14,12 @@ from collections.abc import Awaitable
 from dataclasses import replace
 from typing import TypeVar
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from qbo_gateway.cache.records import CachedEntry, CorruptEntry
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
+from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
 
 T = TypeVar("T")
 
@@ -29,7 +28,7 @@ _CACHE_ERRORS: tuple[type[BaseException], ...] = (*REDIS_DOWN_ERRORS, RedisError
 
 
 class RedisCacheBackend:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys) -> None:
         self._redis = redis
         self._keys = keys
 

@@ -50,7 +50,7 @@ def check_config(settings: Settings) -> tuple[list[str], list[str]]:
         else:
             problems.append(f"QBO_STATE_DIR={settings.state_dir} is not writable")
     else:
-        notes.append("Redis mode (QBO_REDIS_URL set; not contacted by check-config)")
+        notes.append(f"Redis {settings.redis_mode} mode (not contacted by check-config)")
     if not settings.client_id or not settings.client_secret.get_secret_value():
         notes.append("QBO_CLIENT_ID/QBO_CLIENT_SECRET unset: token refresh will fail")
     exposed = open_health_warning(settings)

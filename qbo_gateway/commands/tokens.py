@@ -30,7 +30,7 @@ from qbo_gateway.settings import Settings, parse_expiry
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.locks import MemoryLocks
-from qbo_gateway.state.redis_client import make_redis
+from qbo_gateway.state.redis_client import connect_redis
 from qbo_gateway.tokens.crypto import (
     InvalidKeys,
     TokenCipher,
@@ -54,7 +54,7 @@ def cipher_for(settings: Settings) -> TokenCipher:
     keys = _secret(settings.token_keys)
     if keys:
         return TokenCipher(keys)
-    if settings.redis_url:
+    if not settings.embedded:
         raise InvalidKeys("QBO_TOKEN_KEYS is required with QBO_REDIS_URL")
     return TokenCipher(load_or_create_key_file(settings.state_dir))
 
@@ -63,8 +63,9 @@ def cipher_for(settings: Settings) -> TokenCipher:
 async def open_store(settings: Settings) -> AsyncIterator[TokenStore]:
     """The daemon's token store, opened from settings for one command."""
     cipher = cipher_for(settings)
-    if settings.redis_url:
-        redis = make_redis(settings.redis_url, socket_timeout=5, connect_timeout=5)
+    topology = settings.redis_topology
+    if topology is not None:
+        redis = connect_redis(topology, socket_timeout=5, connect_timeout=5)
         try:
             yield RedisTokenStore(redis, RedisKeys(settings.redis_prefix), cipher)
         finally:

@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from qbo_gateway.health.store_memory import (
@@ -32,7 +31,7 @@ from qbo_gateway.health.store_memory import (
 )
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
+from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
 
 T = TypeVar("T")
 
@@ -116,7 +115,7 @@ class RedisHealthStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         history_seconds: float,
         keys: RedisKeys | None = None,

@@ -17,7 +17,6 @@ from typing import Protocol
 
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import gateway_fault
@@ -31,7 +30,7 @@ from qbo_gateway.oauth.intuit import (
 )
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
+from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
 from qbo_gateway.tokens.manager import TokenManager
 from qbo_gateway.tokens.records import TokenRecord
 
@@ -75,7 +74,7 @@ class MemoryOAuthStates:
 
 
 class RedisOAuthStates:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys) -> None:
         self._redis = redis
         self._keys = keys
 

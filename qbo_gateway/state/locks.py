@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from redis.asyncio import Redis
-
 from qbo_gateway.clock import Clock
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
+from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -46,7 +44,7 @@ class MemoryLocks:
 
 
 class RedisLocks:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys) -> None:
         self._redis = redis
         self._keys = keys
         self._release = redis.register_script(_RELEASE)

@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS
+from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
 from qbo_gateway.tokens.crypto import TokenCipher, TokenDecryptError, open_record, seal_record
 from qbo_gateway.tokens.records import TokenRecord
 
@@ -36,7 +35,7 @@ _FORCE_ATTEMPTS = 20
 
 
 class RedisTokenStore:
-    def __init__(self, redis: Redis, keys: RedisKeys, cipher: TokenCipher) -> None:
+    def __init__(self, redis: RedisClient, keys: RedisKeys, cipher: TokenCipher) -> None:
         self._redis = redis
         self._keys = keys
         self._cipher = cipher
@@ -66,6 +65,11 @@ class RedisTokenStore:
         self, record: TokenRecord, *, expected_version: int | None, force: bool = False
     ) -> TokenRecord | None:
         key = self._keys.token(record.realm_id)
+        # The index spans realms, so on a cluster it lives in another slot than the record
+        # and cannot join the script. It is written first: a stored record is then always
+        # listed, while an index entry without a record (the write below failed) is skipped
+        # by list_records.
+        await self._call(self._redis.sadd(self._keys.token_index(), record.realm_id))
         expected = expected_version
         for _ in range(_FORCE_ATTEMPTS):
             if force:
@@ -83,15 +87,13 @@ class RedisTokenStore:
                 )
             )
             if done:
-                # The index spans realms (no shared hash tag), so it is kept outside the
-                # script; it only lists realms, the record itself is the truth.
-                await self._call(self._redis.sadd(self._keys.token_index(), record.realm_id))
                 return stored
             if not force:
                 return None
         raise StateUnavailable("token record kept changing during a forced write")
 
     async def delete(self, realm_id: str) -> bool:
+        # Record first, index last: the reverse order could leave a record nobody lists.
         removed = await self._call(self._redis.delete(self._keys.token(realm_id)))
         await self._call(self._redis.srem(self._keys.token_index(), realm_id))
         return bool(removed)
