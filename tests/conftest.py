@@ -1,4 +1,5 @@
-"""Shared fixtures: private Redis topologies per session, a fresh key prefix per test.
+"""Shared fixtures: test servers shaped like the daemon's listeners, private Redis topologies per
+session, a fresh key prefix per test.
 
 Each topology starts only when a test asks for it, so running one test file starts only
 what that file uses. Behaviour suites parametrize over `redis_topologies.REDIS_TARGETS`.
