@@ -36,7 +36,6 @@ from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.faults import FaultClass, GatewayError
 from qbo_gateway.proxy.access_log import RequestRecord
 from qbo_gateway.proxy.exchange import Exchange, QboRequest
-from qbo_gateway.proxy.paths import returned_headers
 from qbo_gateway.proxy.relay import Answer, Keep, Relay
 from qbo_gateway.single_flight import SingleFlight
 
@@ -149,8 +148,7 @@ class ReadThrough:
     async def _buffered(self, req: QboRequest, slot: _Slot) -> _Buffered:
         rec = RequestRecord(request_id="flight", method=req.method)
         exchange = await self._qbo.call(req, rec)
-        data = await exchange.read_whole()
-        headers = list(returned_headers(exchange.response.headers).items())
+        headers, data = await exchange.read_whole()
         status = exchange.response.status
         stored = False
         if exchange.fault is FaultClass.OK:

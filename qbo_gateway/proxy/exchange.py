@@ -27,7 +27,7 @@ from qbo_gateway.faults import (
 )
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.proxy.access_log import RequestRecord
-from qbo_gateway.proxy.paths import Target
+from qbo_gateway.proxy.paths import Target, returned_headers
 from qbo_gateway.proxy.upstream import Upstream, UpstreamConnectError, UpstreamRequest
 
 _ERROR_BODY_LIMIT = 1024 * 1024  # QBO error bodies are small; never hold more to classify one
@@ -86,12 +86,15 @@ class Exchange:
         self.settle()
         self.response.release()
 
-    async def read_whole(self) -> bytes:
-        """The whole body; settled and released however the read ends."""
+    async def read_whole(self) -> tuple[list[tuple[str, str]], bytes]:
+        """QBO's whole answer: the headers to return, and the body.
+
+        The exchange is settled and released however the read ends.
+        """
         try:
             if self.body is None:
                 self.body = await self.response.read()
-            return self.body
+            return list(returned_headers(self.response.headers).items()), self.body
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.outcome = Outcome.FAILURE
             raise UpstreamUnavailable("QBO broke off the response") from exc
