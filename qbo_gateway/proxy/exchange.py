@@ -9,6 +9,9 @@ refresh and one replay; failures are retried only as `retry.RetryPolicy` allows.
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,9 +67,17 @@ class QboRequest:
     read: bool  # safe to repeat and to cache (`paths.is_read`)
 
 
+def _no_deadline() -> float:
+    return math.inf
+
+
 @dataclass
 class Exchange:
-    """An upstream answer whose admission slot is still held until its body is done."""
+    """An upstream answer whose admission slot is still held until its body is done.
+
+    `time_left` says how much of the request's deadline remains: the deadline covers the
+    whole answer, body included, so every read of the body is bounded by it.
+    """
 
     response: aiohttp.ClientResponse
     admission: Admission
@@ -76,6 +87,12 @@ class Exchange:
     realm_id: str
     gate: AdmissionGate
     retry_after: float | None = None
+    time_left: Callable[[], float] = _no_deadline
+
+    def within_deadline(self) -> asyncio.Timeout:
+        """A scope that ends when the request's deadline passes (TimeoutError)."""
+        left = self.time_left()
+        return asyncio.timeout(None if math.isinf(left) else left)
 
     def settle(self) -> None:
         """Free the admission slot and report the outcome; once the body is done."""
@@ -86,18 +103,29 @@ class Exchange:
         self.settle()
         self.response.release()
 
+    async def read_body(self) -> bytes:
+        """The whole body, within the deadline; a failed read is charged to the realm."""
+        if self.body is not None:
+            return self.body
+        try:
+            async with self.within_deadline():
+                self.body = await self.response.read()
+        except TimeoutError as exc:
+            self.outcome = Outcome.FAILURE
+            raise UpstreamTimeout("The request deadline passed while QBO's answer arrived") from exc
+        except aiohttp.ClientError as exc:
+            self.outcome = Outcome.FAILURE
+            raise UpstreamUnavailable("QBO broke off the response") from exc
+        return self.body
+
     async def read_whole(self) -> tuple[list[tuple[str, str]], bytes]:
         """QBO's whole answer: the headers to return, and the body.
 
         The exchange is settled and released however the read ends.
         """
         try:
-            if self.body is None:
-                self.body = await self.response.read()
-            return list(returned_headers(self.response.headers).items()), self.body
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.outcome = Outcome.FAILURE
-            raise UpstreamUnavailable("QBO broke off the response") from exc
+            body = await self.read_body()
+            return list(returned_headers(self.response.headers).items()), body
         finally:
             self.close()
 
@@ -255,6 +283,7 @@ class QboCaller:
             req.target.realm_id,
             self.gate,
             _retry_after(response.headers),
+            time_left=lambda: req.deadline - self.clock.monotonic(),
         )
 
     async def _retried_status(

@@ -53,7 +53,10 @@ _NOT_FORWARDED = frozenset(
 )
 # Never passed back from QBO: hop-by-hop, cookies, and length/encoding (the body is
 # re-framed and decompressed by the gateway).
-_NOT_RETURNED = frozenset({"set-cookie", "content-length", "content-encoding"})
+# Credentials never travel back to the caller, whatever QBO (or a proxy before it) sends.
+_NOT_RETURNED = frozenset(
+    {"authorization", "proxy-authorization", "set-cookie", "content-length", "content-encoding"}
+)
 
 
 @dataclass(frozen=True)

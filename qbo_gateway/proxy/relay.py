@@ -4,7 +4,9 @@ The body of an `Exchange` is relayed as it arrives, so a large report never sits
 the gateway; a body with a known length up to 256 KiB is read first and sent in one write.
 Whoever wants a copy of the body (the read cache, through `Keep`) gets it once the body is
 complete and not larger than it asked for. The admission slot is settled when the body is
-done, and the connection given back, however the relay ends.
+done (or the request's deadline cuts it), and the connection given back, however the relay
+ends. A body QBO breaks off, or the deadline cuts, once streaming has begun aborts the
+caller's connection.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from qbo_gateway.admission.records import Outcome
-from qbo_gateway.faults import UpstreamUnavailable
+from qbo_gateway.faults import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from qbo_gateway.proxy.access_log import RequestRecord
 from qbo_gateway.proxy.exchange import Exchange
 from qbo_gateway.proxy.paths import returned_headers
@@ -61,12 +63,11 @@ async def relay(request: web.Request, answer: Relay, rec: RequestRecord) -> web.
         if exchange.body is None and _small(upstream):
             # A small body is read whole: one write back instead of a chunked stream.
             try:
-                exchange.body = await upstream.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                exchange.outcome = Outcome.FAILURE
+                await exchange.read_body()
+            except GatewayError:
                 exchange.settle()
-                raise UpstreamUnavailable("QBO broke off the response") from exc
-            if answer.keep is not None:
+                raise
+            if answer.keep is not None and exchange.body is not None:
                 await answer.keep.store(upstream.status, headers, exchange.body)
         if exchange.body is not None:
             exchange.settle()
@@ -83,34 +84,77 @@ async def _stream(
     rec: RequestRecord,
     keep: Keep | None,
 ) -> web.StreamResponse:
-    upstream = exchange.response
-    kept: list[bytes] | None = [] if keep is not None else None
-    kept_size = 0
-    limit = keep.max_bytes if keep is not None else 0
-    response = web.StreamResponse(status=upstream.status, headers=headers)
+    """Relay the body as it arrives, all of it within the request's deadline.
+
+    Nothing goes to the caller before QBO's first chunk, so a deadline or a break before
+    it is still a fault. After it, the only honest signal is an aborted connection (no
+    terminating chunk): the caller must never take a cut-off body for a whole one, and
+    nothing of it is kept.
+    """
+    chunks = exchange.response.content.iter_chunked(_CHUNK)
+    kept = _Kept(keep)
+    response: web.StreamResponse | None = None
     try:
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(_CHUNK):
-            await response.write(chunk)
-            if kept is not None:
-                kept_size += len(chunk)
-                if kept_size > limit:
-                    kept = None  # too big to keep: stop collecting, keep streaming
-                else:
-                    kept.append(chunk)
-        await response.write_eof()
+        async with exchange.within_deadline():
+            chunk = await anext(chunks, b"")
+            response = web.StreamResponse(status=exchange.response.status, headers=headers)
+            await response.prepare(request)
+            while chunk:
+                await response.write(chunk)
+                kept.add(chunk)
+                chunk = await anext(chunks, b"")
+            await response.write_eof()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        # QBO broke off mid-body: the caller sees a truncated response (the status is
-        # already sent), and the realm is charged with an upstream failure.
         exchange.outcome = Outcome.FAILURE
-        rec.outcome, rec.code = "error", "GW-UPSTREAM-UNAVAILABLE"
-        log.warning("upstream_body_broken", error=type(exc).__name__)
+        timed_out = isinstance(exc, TimeoutError)
+        if response is None:
+            if timed_out:
+                raise UpstreamTimeout("The request deadline passed before QBO's body") from exc
+            raise UpstreamUnavailable("QBO broke off the response") from exc
+        rec.outcome = "error"
+        rec.code = "GW-UPSTREAM-TIMEOUT" if timed_out else "GW-UPSTREAM-UNAVAILABLE"
+        log.warning(
+            "upstream_body_cut",
+            request_id=rec.request_id,
+            reason="deadline" if timed_out else "broken",
+            error=type(exc).__name__,
+        )
+        _abort(request)
         return response
     finally:
         exchange.settle()
-    if kept is not None and keep is not None:
-        await keep.store(upstream.status, headers, b"".join(kept))
+    if kept.body is not None and keep is not None:
+        await keep.store(exchange.response.status, headers, kept.body)
     return response
+
+
+class _Kept:
+    """The copy of a streamed body for whoever keeps it, dropped once over its bound."""
+
+    def __init__(self, keep: Keep | None) -> None:
+        self._parts: list[bytes] | None = [] if keep is not None else None
+        self._size = 0
+        self._limit = keep.max_bytes if keep is not None else 0
+
+    def add(self, chunk: bytes) -> None:
+        if self._parts is None:
+            return
+        self._size += len(chunk)
+        if self._size > self._limit:
+            self._parts = None  # too big to keep: stop collecting, keep streaming
+        else:
+            self._parts.append(chunk)
+
+    @property
+    def body(self) -> bytes | None:
+        return b"".join(self._parts) if self._parts is not None else None
+
+
+def _abort(request: web.Request) -> None:
+    """Close the caller's connection at once: what was sent stays a visibly cut answer."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
 
 
 def _small(response: aiohttp.ClientResponse) -> bool:

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from qbo_gateway.simulator.accounting import dispatch
 from qbo_gateway.simulator.answers import drop, unauthorized
-from qbo_gateway.simulator.faults import FaultRule, take_faults
-from qbo_gateway.simulator.injected import api_fault
+from qbo_gateway.simulator.faults import STREAMED_KINDS, FaultRule, take_faults
+from qbo_gateway.simulator.injected import api_fault, streamed_fault
 from qbo_gateway.simulator.records import record
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class ApiRoutes:
                 return api_fault(request, FaultRule("throttle"), tid, sim.clock())
             delay, rule = take_faults(sim.faults, "api", request.method, realm_id, tail)
             await asyncio.sleep(sim.latency + delay)
+            if rule is not None and rule.kind in STREAMED_KINDS:
+                return await streamed_fault(request, rule, tid)
             if rule is not None and not (rule.kind == "disconnect" and rule.after):
                 return api_fault(request, rule, tid, sim.clock())
             auth_fault = self._check_bearer(request, realm_id)

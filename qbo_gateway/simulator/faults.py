@@ -24,8 +24,13 @@ API_FAULT_KINDS = frozenset(
         "fault_in_200",
         "delay",
         "disconnect",
+        "broken_body",
+        "slow_body",
+        "leaky_headers",
     }
 )
+# Answered by streaming a body (see injected.streamed_fault), not with one response.
+STREAMED_KINDS = frozenset({"broken_body", "slow_body"})
 TOKEN_FAULT_KINDS = frozenset(
     {"invalid_grant", "invalid_client", "server_error", "delay", "disconnect"}
 )
@@ -41,6 +46,10 @@ class FaultRule:
     seconds and lets later rules still apply; any other kind answers the request.
     A "disconnect" rule with `after=True` processes the request first (the write happens,
     the refresh rotates) and then drops the connection: the response is lost.
+    "broken_body" answers 200 with the start of a chunked JSON body, then drops the
+    connection (no terminating chunk); "slow_body" answers 200 at once and sends five
+    chunks, each after `delay` seconds; "leaky_headers" answers 200 with credential headers
+    (`Authorization`, `Proxy-Authorization`, `Set-Cookie`) a proxy must not pass on.
     """
 
     kind: str

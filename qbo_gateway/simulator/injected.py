@@ -7,9 +7,18 @@ bodies the gateway has to recognise.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from qbo_gateway.simulator.answers import drop, fault, oauth_error, unauthorized, xml_fault
+from qbo_gateway.simulator.answers import (
+    drop,
+    fault,
+    iso,
+    oauth_error,
+    unauthorized,
+    xml_fault,
+)
 from qbo_gateway.simulator.faults import FaultRule
 
 
@@ -81,6 +90,11 @@ def api_fault(request: web.Request, rule: FaultRule, tid: str, now: float) -> we
             "SECURITY",
             now,
         )
+    elif kind == "leaky_headers":
+        response = web.json_response({"QueryResponse": {}, "time": iso(now)})
+        response.headers["Authorization"] = "Bearer leaked-upstream-credential"
+        response.headers["Proxy-Authorization"] = "Basic bGVha2VkOmNyZWRlbnRpYWw="
+        response.headers["Set-Cookie"] = "qbo_session=leaked-session-cookie; Path=/"
     else:  # fault_in_200
         response = fault(
             rule.status or 200,
@@ -93,4 +107,22 @@ def api_fault(request: web.Request, rule: FaultRule, tid: str, now: float) -> we
     if rule.retry_after is not None:
         response.headers["Retry-After"] = rule.retry_after
     response.headers["intuit_tid"] = tid
+    return response
+
+
+async def streamed_fault(request: web.Request, rule: FaultRule, tid: str) -> web.StreamResponse:
+    """A 200 whose body breaks off ("broken_body") or arrives slowly ("slow_body")."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json", "intuit_tid": tid})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    rows = ",".join('{"Id":"' + str(i) + '","Name":"row"}' for i in range(200))
+    if rule.kind == "broken_body":
+        await response.write(b'{"QueryResponse":{"Item":[' + rows.encode())
+        drop(request)  # no terminating chunk: the client sees the body end early
+        return response
+    parts = [b'{"QueryResponse":{"Item":[', rows.encode(), b"]},", b'"time":', b'"x"}']
+    for part in parts:
+        await asyncio.sleep(rule.delay)
+        await response.write(part)
+    await response.write_eof()
     return response
