@@ -199,7 +199,12 @@ class SentinelSet:
                 continue
         raise RuntimeError("no sentinel answers")
 
-    def wait_promoted(self, dead: RedisServer) -> RedisServer:
+    def master_of(self, key: str) -> RedisServer:
+        """The master (every key lives there); `key` keeps the cluster's signature."""
+        port = self.current_master_port()
+        return self.master if port == self.master.port else self.replica
+
+    def wait_promoted(self, key: str, dead: RedisServer) -> RedisServer:
         _wait("sentinel promotes the replica", lambda: self.current_master_port() != dead.port)
         new = self.replica if self.current_master_port() == self.replica.port else self.master
         _wait(

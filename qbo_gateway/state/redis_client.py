@@ -48,13 +48,21 @@ class _Cluster(RedisCluster):
     redis-py 8 works out a command's route before it (re)loads the slot map, so commands
     started together on a fresh client, or after it reset itself on CLUSTERDOWN, can go out
     on connections the reload just closed. Loading the map first (one at a time, under the
-    client's own lock) closes that race.
+    client's own lock) closes most of that race; what is left (a node's connections closed
+    after a failure while another command is writing on one) surfaces as an
+    AttributeError on the closed writer, which is what it is: a lost connection.
     """
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if self._initialize:
             await self.initialize()
-        return await super().execute_command(*args, **kwargs)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            if "NoneType" not in str(exc):
+                raise
+            self._initialize = True
+            raise RedisConnectionError("connection closed under the command") from exc
 
 
 def _common(socket_timeout: float, connect_timeout: float) -> dict[str, Any]:
