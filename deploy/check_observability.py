@@ -2,7 +2,8 @@
 
 A PromQL expression that names a metric the gateway does not export (a typo, a renamed
 counter, `_total` forgotten) parses fine and silently never fires or draws. So this module
-reads every expression in deploy/prometheus and deploy/grafana, pulls out the metric names,
+reads every expression in deploy/prometheus and deploy/grafana with promql-parser (the
+Prometheus grammar, compiled: no hand-written PromQL reading here), pulls out the metric names,
 label names and fixed label values it selects, and compares them with what
 `qbo_gateway.metrics.Metrics` really registers. It also keeps prometheusrule.yaml equal to
 the plain rule file promtool tests, and has promtool parse every dashboard expression.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+import promql_parser
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -45,8 +47,8 @@ TARGET_LABELS = frozenset(
     {"__name__", "namespace", "pod", "container", "job", "instance", "endpoint", "service"}
 )
 
-# Label values fixed by the code (the README lists the metrics and their labels); a matcher asking for any other
-# value selects nothing, forever. Labels not listed here are not value-checked.
+# Label values fixed by the code (the README lists the metrics and their labels); a matcher
+# asking for any other value selects nothing, forever. Labels not listed here are not value-checked.
 KNOWN_VALUES: dict[str, frozenset[str]] = {
     "outcome": frozenset({"upstream", "cache_hit", "stale", "rejected", "error"}),
     "to": frozenset(state.value for state in BreakerState),
@@ -67,23 +69,6 @@ _SUFFIXES = {
     "gauge": ("",),
     "info": ("_info",),
 }
-_KEYWORDS = frozenset(
-    {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2", "start", "end"}
-)
-_GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
-_TOKEN = re.compile(
-    r"""
-    (?P<space>\s+|\#[^\n]*)
-  | (?P<string>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)
-  | (?P<number>0x[0-9a-fA-F]+|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?(?:ms|[smhdwy])?
-                (?:\d+(?:ms|[smhdwy]))*)
-  | (?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)
-  | (?P<op>=~|!~|!=|==|<=|>=|[-+*/%^<>=(){}\[\],@:])
-    """,
-    re.VERBOSE,
-)
-
-
 def exported_metrics(registry: CollectorRegistry | None = None) -> dict[str, frozenset[str]]:
     """Every sample name the gateway can expose, with the label names it carries.
 
@@ -121,74 +106,34 @@ class ParsedExpr:
     grouping_labels: set[str]
 
 
-def _tokens(expr: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(expr):
-        match = _TOKEN.match(expr, pos)
-        if match is None:
-            raise ValueError(f"cannot read PromQL at {expr[pos : pos + 20]!r}")
-        pos = match.end()
-        kind = match.lastgroup
-        assert kind is not None
-        if kind != "space":
-            out.append((kind, match.group()))
-    return out
-
-
-def _unquote(text: str) -> str:
-    if text.startswith("`"):
-        return text[1:-1]
-    return str(yaml.safe_load(text)) if text.startswith('"') else text[1:-1]
+# promql-parser's MatchOp members are not hashable: look them up by name.
+_OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
 
 
 def parse_promql(expr: str) -> ParsedExpr:
-    """Metric selectors and grouping labels of a PromQL expression (not a full parser).
+    """Metric selectors and grouping labels of a PromQL expression, from promql-parser's AST.
 
-    Enough structure for name checks: an identifier followed by `(` is a function or an
-    aggregation, identifiers after by/without/on/ignoring/group_* in parentheses are label
-    names, `{...}` holds matchers, `[...]` holds durations, and any other identifier that is
-    not a keyword is a metric name.
+    Raises ValueError when the expression is not PromQL.
     """
-    toks = _tokens(expr)
     selectors: list[Selector] = []
     grouping: set[str] = set()
-    i = 0
-    while i < len(toks):
-        kind, text = toks[i]
-        nxt = toks[i + 1][1] if i + 1 < len(toks) else ""
-        if text == "[":
-            while i < len(toks) and toks[i][1] != "]":
-                i += 1
-        elif kind == "ident" and text in _GROUPING:
-            if nxt == "(":
-                i += 2
-                while i < len(toks) and toks[i][1] != ")":
-                    if toks[i][0] == "ident":
-                        grouping.add(toks[i][1])
-                    i += 1
-        elif kind == "ident" and text.lower() in _KEYWORDS:
-            pass
-        elif kind == "ident" and (nxt == "(" or nxt in _GROUPING):
-            pass  # a function or an aggregation (`sum by (x) (...)`)
-        elif kind == "ident" or text == "{":
-            selector = Selector(metric=text if kind == "ident" else None)
-            if kind == "ident" and nxt == "{":
-                i += 1
-            if toks[i][1] == "{":
-                i += 1
-                while i < len(toks) and toks[i][1] != "}":
-                    if toks[i][0] == "ident" and i + 2 < len(toks):
-                        label, op, value = toks[i][1], toks[i + 1][1], toks[i + 2][1]
-                        selector.matchers.append((label, op, _unquote(value)))
-                        i += 3
-                    else:
-                        i += 1
-            if selector.metric is None:
-                names = [v for label, op, v in selector.matchers if label == "__name__"]
-                selector.metric = names[0] if names else None
-            selectors.append(selector)
-        i += 1
+
+    def visit(node: object) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = [
+                (m.name, _OPS[str(m.op).rpartition(".")[2]], m.value)
+                for m in node.matchers.matchers
+            ]
+            names = [value for label, _op, value in matchers if label == "__name__"]
+            selectors.append(Selector(node.name or (names[0] if names else None), matchers))
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            grouping.update(node.modifier.labels)
+        elif isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None:
+            if node.modifier.matching is not None:
+                grouping.update(node.modifier.matching.labels)
+            grouping.update(node.modifier.group_labels or ())
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
     return ParsedExpr(selectors, grouping)
 
 
