@@ -28,7 +28,7 @@ from qbo_gateway.edge.answers import ops_edge, proxy_edge
 from qbo_gateway.edge.server import set_edge_limits
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
 from qbo_gateway.log_foreign import set_caller_key_hashes
-from qbo_gateway.logs import register_secrets
+from qbo_gateway.logs import failure, register_secrets
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth.connect import (
     ConnectFlow,
@@ -381,7 +381,7 @@ async def _bootstrap_realm(gw: Gateway) -> None:
             parse_expiry(s.access_token_expires_at),
         )
     except Exception as exc:  # noqa: BLE001 - a down backend must not stop start-up
-        log.error("bootstrap_failed", realm_id=s.realm_id, error=type(exc).__name__)
+        log.error("bootstrap_failed", realm_id=s.realm_id, **failure(exc))
         return
     log.info(
         "bootstrap_realm",

@@ -164,6 +164,16 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def failure(exc: BaseException) -> dict[str, Any]:
+    """Log fields for a caught exception: its type and message, and its traceback.
+
+    `log.warning("event", **failure(exc))`. The traceback is rendered before `redact`
+    runs, so a secret in the message or anywhere in the traceback text is scrubbed like
+    any other value.
+    """
+    return {"error": f"{type(exc).__name__}: {exc}", "exc_info": exc}
+
+
 def register_secrets(values: Iterable[str | None]) -> None:
     """Secrets known for the life of the process (credentials, keys, admin token)."""
     SECRETS.add(*values)

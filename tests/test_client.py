@@ -75,19 +75,6 @@ async def settle(stack: Stack) -> None:
     await stack.gateway.admitter.drain()
 
 
-async def health_mounted(stack: Stack) -> bool:
-    async with stack.session.get(f"{stack.ops_url}/health/business/{REALM}") as resp:
-        return resp.status != 404
-
-
-async def require_health_api(stack: Stack) -> None:
-    if not await health_mounted(stack):
-        pytest.skip(
-            "GET /health/business/{realmId} answers 404 on the ops app: the health API "
-            "(qbo_gateway/health_api.py) is not mounted yet"
-        )
-
-
 # ---- make_qbo_request ------------------------------------------------------------------
 
 
@@ -422,7 +409,6 @@ async def test_requests_hook_raises_typed_gateway_errors(make_stack: Any) -> Non
 async def test_healthy_realm_is_true_unknown_realm_is_false(
     stack: Stack, client: QBOGatewayClient
 ) -> None:
-    await require_health_api(stack)
     await client.make_qbo_request(REALM, COMPANY)  # the monitor has seen the realm work
     await settle(stack)
     assert await client.ensure_healthy_connection(REALM) is True

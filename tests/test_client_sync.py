@@ -102,12 +102,6 @@ async def test_same_exception_types_as_the_async_client(
 
 
 async def test_ensure_healthy_connection(stack: Stack, sync_client: QBOGatewaySyncClient) -> None:
-    async with stack.session.get(f"{stack.ops_url}/health/business/{REALM}") as resp:
-        if resp.status == 404:
-            pytest.skip(
-                "GET /health/business/{realmId} answers 404 on the ops app: the health API "
-                "(qbo_gateway/health_api.py) is not mounted yet"
-            )
     assert await off_loop(sync_client.ensure_healthy_connection, REALM) is True
     assert await off_loop(sync_client.ensure_healthy_connection, OTHER_REALM) is False
     doc = await off_loop(sync_client.health, REALM)

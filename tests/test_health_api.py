@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from qbo_gateway.admission.records import BreakerState
+from qbo_gateway.admission.records import BreakerState, RealmLoad
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.health.wiring import Health
 from qbo_gateway.metrics import Metrics
@@ -55,12 +55,15 @@ def auth(token: str = ADMIN) -> dict[str, str]:
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str) -> None:
-    _gw, monitor, client = setup
+    gw, monitor, client = setup
     a, b, c = REALMS
     await monitor.token_rules.refresh(force=True)
     ok(monitor, a, 0.4)
     for _ in range(2):
         fail(monitor, b)
+    # The admission backend holds the open circuit; the observer hears of the transition.
+    open_until = gw.clock.now() + 300
+    gw.loads[c] = RealmLoad(BreakerState.OPEN, 5, open_until, None, 3, 1, 0, 1)
     monitor.observer.breaker_changed(c, BreakerState.OPEN)
     await monitor.flush()
 
@@ -106,11 +109,14 @@ async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str)
     resp = await client.get(f"{prefix}/business/{c}")
     detail = await resp.json()
     assert detail["status"] == "unhealthy"
-    assert detail["breaker"]["state"] in ("closed", "open", "half_open")
+    assert detail["breaker"]["state"] == "open"
+    assert detail["breaker"]["consecutive_failures"] == 5
     assert detail["token"]["needs_reconnect"] is False
     assert detail["token"]["access_expires_at"].endswith("Z")
     assert detail["rate_limit"]["requests_last_minute"] == 3
-    assert 0.0 <= detail["sla"]["uptime_ratio"] <= 1.0
+    # The circuit opened this instant: no time has passed in the outage yet.
+    assert detail["sla"]["uptime_ratio"] == 1.0
+    assert detail["sla"]["incidents"] == 1
     assert [x["kind"] for x in detail["alerts"]] == ["circuit_open"]
     assert "recent_checks" in detail and "latency" in detail
     detail_a = await (await client.get(f"{prefix}/business/{a}")).json()

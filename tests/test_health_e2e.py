@@ -55,10 +55,11 @@ async def test_failures_raise_alerts_and_open_the_circuit_in_the_health_api(stac
         assert resp.status == 401
     url = f"{stack.ops_url}/health/alerts/{circuit['id']}/ack"
     async with stack.session.post(url, headers=ADMIN) as resp:
-        assert resp.status in (200, 204)
+        assert resp.status == 200
     async with stack.session.get(stack.ops_url + "/health/summary") as resp:
         summary = await resp.json()
-    assert summary["status"] in ("degraded", "unhealthy")
+    # One realm, and its circuit is open: the gateway as a whole cannot serve it.
+    assert summary["status"] == "unhealthy"
     async with stack.session.get(stack.ops_url + "/health/status-page") as resp:
         page = await resp.text()
         assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
@@ -89,7 +90,7 @@ async def test_admin_check_probes_companyinfo_through_the_pipeline(stack: Stack)
         assert resp.status == 401
     before = len(stack.sim.api_requests)
     async with stack.session.post(url, headers=ADMIN) as resp:
-        assert resp.status in (200, 202)
+        assert resp.status == 200
     probes = stack.sim.api_requests[before:]
     assert [r.path for r in probes] == [f"/v3/company/{REALM}/companyinfo/{REALM}"]
     labels = {"method": "GET", "outcome": "upstream", "code": "200"}

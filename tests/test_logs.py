@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import structlog
 
-from qbo_gateway.logs import REDACTED, SecretRegistry, configure_logging, register_secrets
+from qbo_gateway.logs import (
+    REDACTED,
+    SecretRegistry,
+    configure_logging,
+    failure,
+    register_secrets,
+)
 from qbo_gateway.simulator import FaultRule
 from tests.harness import REALM, start_stack, stop_stack
 
@@ -62,6 +68,34 @@ def test_registered_secrets_and_auth_headers_are_scrubbed_anywhere(
     assert "admin-token-value-xyz-123" not in text
     assert "abcdefghijklmnop1234" not in text
     assert text.count(REDACTED) == 3
+
+
+def _fail_with_secret(secret: str) -> None:
+    raise RuntimeError(f"refused Authorization: Bearer caller-key-9876543210 for {secret}")
+
+
+def test_a_caught_exception_is_logged_with_message_and_traceback_redacted(
+    log_output: io.StringIO,
+) -> None:
+    secret = "refresh-token-in-a-message-0123"
+    register_secrets([secret])
+    try:
+        _fail_with_secret(secret)
+    except RuntimeError as exc:
+        structlog.get_logger("t").warning("step_failed", **failure(exc))
+    try:
+        _fail_with_secret(secret)
+    except RuntimeError:
+        # The stdlib bridge (aiohttp, redis) renders tracebacks through the same chain.
+        logging.getLogger("aiohttp.server").exception("stdlib failure")
+    first, second = lines(log_output)
+    assert first["error"].startswith("RuntimeError: refused Authorization: Bearer ")
+    for line in (first, second):
+        assert "Traceback (most recent call last)" in line["exception"]
+        assert "_fail_with_secret" in line["exception"]
+    text = log_output.getvalue()
+    assert secret not in text
+    assert "caller-key-9876543210" not in text
 
 
 def test_registry_forgets_old_tokens_but_keeps_static_secrets() -> None:

@@ -29,6 +29,7 @@ from qbo_gateway.cache.policy import (
 )
 from qbo_gateway.cache.records import CacheBackend, CachedEntry
 from qbo_gateway.clock import Clock
+from qbo_gateway.logs import failure
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import Observer
 from qbo_gateway.state.errors import StateUnavailable
@@ -82,7 +83,7 @@ class ResponseCache:
         try:
             entry, epoch = await self.backend.get(key.realm_id, key.digest)
         except (StateUnavailable, ValueError) as exc:  # ValueError: CorruptEntry, bad epoch
-            log.debug("cache_lookup_failed", error=type(exc).__name__)
+            log.debug("cache_lookup_failed", **failure(exc))
             self._event("miss")
             return CacheLookup(None, None)
         if entry is not None and entry.realm_id != key.realm_id:
@@ -153,7 +154,7 @@ class ResponseCache:
             ttl = max(self.fresh_seconds, self.stale_seconds)
             stored = await self.backend.put(key.realm_id, key.digest, entry, ttl=ttl)
         except StateUnavailable as exc:
-            log.debug("cache_store_failed", error=type(exc).__name__)
+            log.debug("cache_store_failed", **failure(exc))
             stored = False
         self._event("store" if stored else "skip")
         return stored
@@ -169,7 +170,7 @@ class ResponseCache:
         except StateUnavailable as exc:
             # Without the shared epoch, replicas may serve a pre-write read as fresh for at
             # most fresh_seconds; the write itself has succeeded and must not fail.
-            log.warning("cache_end_freshness_failed", realm_id=realm_id, error=type(exc).__name__)
+            log.warning("cache_end_freshness_failed", realm_id=realm_id, **failure(exc))
 
     # --- answers from the cache ---------------------------------------------------------
 

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from qbo_gateway.app import Gateway, build_gateway, store_durability
 from qbo_gateway.edge.server import EdgeRunner
+from qbo_gateway.logs import failure
 from qbo_gateway.ops.listener import ComponentState
 from qbo_gateway.ops.read_guard import open_health_warning
 from qbo_gateway.settings import Settings
@@ -51,7 +52,7 @@ async def serve(
         await proxy_site.start()
         await ops_site.start()
     except OSError as exc:
-        log.critical("listen_failed", error=str(exc))
+        log.critical("listen_failed", **failure(exc))
         await proxy_runner.cleanup()
         await ops_runner.cleanup()
         await gw.close()

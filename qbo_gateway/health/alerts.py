@@ -20,6 +20,7 @@ import structlog
 from qbo_gateway.clock import Clock
 from qbo_gateway.health.store_memory import SEVERITY_RANK, AlertRecord, HealthStore, Severity
 from qbo_gateway.health.webhook import Notification, WebhookNotifier
+from qbo_gateway.logs import failure
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.workers import DrainWorker
@@ -226,7 +227,7 @@ class AlertManager:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad write must not stop alerts
-            log.error("alert_store_failed", op=op.kind, error=type(exc).__name__)
+            log.error("alert_store_failed", op=op.kind, **failure(exc))
 
     async def _apply(self, op: _Op) -> None:
         if op.kind == "upsert" and op.alert is not None:
@@ -272,4 +273,4 @@ class AlertManager:
 
 
 def _store_failed(exc: Exception) -> None:
-    log.error("alert_store_failed", error=type(exc).__name__)
+    log.error("alert_store_failed", **failure(exc))

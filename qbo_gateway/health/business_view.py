@@ -21,6 +21,7 @@ from qbo_gateway.health.sla import alert_delay, realm_incidents, sla_block, upti
 from qbo_gateway.health.stats import RealmStats, RealmTable, percentile
 from qbo_gateway.health.store_memory import HealthStore, HistoryEntry
 from qbo_gateway.health.token_rules import TokenRules
+from qbo_gateway.logs import failure
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.tokens.records import TokenStatus
 
@@ -159,7 +160,7 @@ class BusinessView:
         try:
             token = await self._token_status(realm_id)
         except Exception as exc:  # noqa: BLE001 - fall back to the cached status
-            log.warning("health_token_status_failed", error=type(exc).__name__)
+            log.warning("health_token_status_failed", **failure(exc))
             token = self.table.tokens.get(realm_id)
         if token is not None:
             self.table.tokens[realm_id] = token

@@ -15,6 +15,7 @@ import structlog
 
 from qbo_gateway.clock import Clock
 from qbo_gateway.health.store_memory import HealthStore, HistoryEntry
+from qbo_gateway.logs import failure
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.workers import DrainWorker
 
@@ -74,4 +75,4 @@ class HistoryBuffer:
 
 
 def _write_failed(exc: Exception) -> None:
-    log.error("health_history_write_failed", error=type(exc).__name__)
+    log.error("health_history_write_failed", **failure(exc))

@@ -13,6 +13,7 @@ import structlog
 
 from qbo_gateway.clock import Clock
 from qbo_gateway.health.probe_cycle import ProbeCycle
+from qbo_gateway.logs import failure
 from qbo_gateway.workers import cancel_when_idle
 
 log = structlog.get_logger(__name__)
@@ -50,4 +51,4 @@ class HousekeepingTick:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - chores retry next tick
-                log.warning("health_housekeeping_failed", error=type(exc).__name__)
+                log.warning("health_housekeeping_failed", **failure(exc))

@@ -27,6 +27,7 @@ from qbo_gateway.health.grading import update_realm_gauge
 from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.health.store_memory import HealthStore
 from qbo_gateway.health.token_rules import TokenRules
+from qbo_gateway.logs import failure
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.errors import StateUnavailable
 
@@ -147,7 +148,7 @@ class ProbeCycle:
                 except Exception as exc:  # noqa: BLE001 - one realm's probe must not stop others
                     report.errors += 1
                     self.metrics.health_checks.labels(result="error").inc()
-                    log.warning("health_probe_error", realm_id=realm_id, error=type(exc).__name__)
+                    log.warning("health_probe_error", realm_id=realm_id, **failure(exc))
 
         await asyncio.gather(*(one(r) for r in todo))
         await self._reconcile_breakers()
@@ -193,7 +194,7 @@ class ProbeCycle:
         try:
             await self.tokens.refresh()
         except Exception as exc:  # noqa: BLE001 - token state unreadable now; retry next tick
-            log.warning("health_token_refresh_failed", error=type(exc).__name__)
+            log.warning("health_token_refresh_failed", **failure(exc))
         update_realm_gauge(self.table, self.alerts, self.metrics, self.clock.now())
 
     async def start(self) -> bool:
@@ -220,5 +221,5 @@ class ProbeCycle:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop outlives one bad cycle
-                log.error("health_cycle_failed", error=type(exc).__name__)
+                log.error("health_cycle_failed", **failure(exc))
             await self.clock.sleep(self.table.interval)

@@ -19,6 +19,7 @@ from qbo_gateway.clock import Clock
 from qbo_gateway.health.alert_rules import AlertThresholds, expiry_severity
 from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.stats import RealmTable
+from qbo_gateway.logs import failure
 from qbo_gateway.observe import TokenEvent
 from qbo_gateway.tokens.records import TokenRecord, TokenStatus
 
@@ -180,4 +181,4 @@ class TokenRules:
         try:
             await self.refresh()
         except Exception as exc:  # noqa: BLE001 - serve the cached view rather than fail
-            log.warning("health_token_refresh_failed", error=type(exc).__name__)
+            log.warning("health_token_refresh_failed", **failure(exc))

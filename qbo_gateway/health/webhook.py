@@ -16,6 +16,7 @@ import structlog
 from qbo_gateway.clock import Clock
 from qbo_gateway.health.alert_rules import alert_json
 from qbo_gateway.health.store_memory import AlertRecord
+from qbo_gateway.logs import failure
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.workers import DrainWorker
 
@@ -61,7 +62,7 @@ class WebhookNotifier:
         self._worker = DrainWorker(
             has_work=lambda: bool(self._queue),
             step=lambda: self._deliver(self._queue.popleft()),
-            on_error=lambda exc: log.error("alert_delivery_crashed", error=type(exc).__name__),
+            on_error=lambda exc: log.error("alert_delivery_crashed", **failure(exc)),
         )
         self.delivery_delays: deque[tuple[float, float]] = deque(maxlen=1000)
 
@@ -86,6 +87,7 @@ class WebhookNotifier:
         payload = webhook_payload(note)
         for attempt in range(1, self._attempts + 1):
             error: str
+            failed: BaseException | None = None
             try:
                 async with self._session.post(
                     self.url, json=payload, timeout=self._timeout
@@ -105,7 +107,8 @@ class WebhookNotifier:
                         return
                     error = f"status {resp.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                error = type(exc).__name__
+                error = f"{type(exc).__name__}: {exc}"
+                failed = exc
             if attempt == self._attempts:
                 break
             self._metrics.alert_deliveries.labels(result="retry").inc()
@@ -115,6 +118,7 @@ class WebhookNotifier:
                 alert_id=note.alert.id,
                 attempt=attempt,
                 error=error,
+                exc_info=failed,
                 retry_in=delay,
             )
             await self._clock.sleep(delay)

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import gateway_fault
+from qbo_gateway.logs import failure
 from qbo_gateway.oauth.intuit import (
     InvalidClient,
     InvalidGrant,
@@ -131,7 +132,7 @@ class ConnectFlow:
         except InvalidGrant as exc:
             raise ConnectError("Intuit refused the authorization code: start again") from exc
         except InvalidClient as exc:
-            log.error("oauth_connect_invalid_client", error=str(exc))
+            log.error("oauth_connect_invalid_client", **failure(exc))
             raise ConnectError("Intuit refused the app's client credentials", 502) from exc
         except OAuthError as exc:
             raise ConnectError(f"Intuit's token endpoint failed: {exc}", 502) from exc

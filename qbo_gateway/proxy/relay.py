@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from qbo_gateway.admission.records import Outcome
 from qbo_gateway.faults import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from qbo_gateway.logs import failure
 from qbo_gateway.proxy.access_log import RequestRecord
 from qbo_gateway.proxy.exchange import Exchange
 from qbo_gateway.proxy.paths import returned_headers
@@ -117,7 +118,7 @@ async def _stream(
             "upstream_body_cut",
             request_id=rec.request_id,
             reason="deadline" if timed_out else "broken",
-            error=type(exc).__name__,
+            **failure(exc),
         )
         _abort(request)
         return response

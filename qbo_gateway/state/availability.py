@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from qbo_gateway.logs import failure
 from qbo_gateway.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -52,13 +53,13 @@ class BackendAvailability:
         if self._up:
             self._up = False
             self._metrics.state_backend_up.set(0)
+            # Logged once per outage, so the traceback is affordable; redis-py messages
+            # name host and port, never the password.
             log.error(
                 "state_backend_down",
                 backend="redis",
-                error=type(error).__name__ if error else None,
-                # redis-py messages name host and port, never the password.
-                detail=str(error)[:200] if error else None,
                 note="serving with in-process state until Redis answers again",
+                **(failure(error) if error is not None else {}),
             )
         if self._probe_task is None or self._probe_task.done():
             with contextlib.suppress(RuntimeError):  # no running loop (sync callers)

@@ -15,6 +15,7 @@ import structlog
 
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import UnknownRealm, UpstreamUnavailable
+from qbo_gateway.logs import failure
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.tokens.crypto import TokenDecryptError
@@ -87,7 +88,7 @@ class TokenMemory:
             self.down(exc)
             raise
         except TokenDecryptError as exc:
-            log.error("token_record_unreadable", realm_id=realm_id, error=str(exc))
+            log.error("token_record_unreadable", realm_id=realm_id, **failure(exc))
             raise UnknownRealm(
                 f"the stored tokens of realm {realm_id} cannot be decrypted with QBO_TOKEN_KEYS"
             ) from exc

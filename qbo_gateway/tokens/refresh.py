@@ -17,6 +17,7 @@ import structlog
 
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import ReconnectRequired, UnknownRealm
+from qbo_gateway.logs import failure
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth.intuit import (
     InvalidClient,
@@ -82,13 +83,13 @@ class LockedRefresh:
             self._outcomes.client_refused(realm_id, config_error, self._clock.now())
             self._metrics.token_refreshes.labels(result="invalid_client").inc()
             log.error(
-                "token_refresh_invalid_client", error=str(exc), fix="check QBO_CLIENT_ID/SECRET"
+                "token_refresh_invalid_client", **failure(exc), fix="check QBO_CLIENT_ID/SECRET"
             )
             return self._policy.fallback(current, mode, config_error)
         except OAuthError as exc:
             self._outcomes.failed(realm_id, str(exc), self._clock.now())
             self._metrics.token_refreshes.labels(result="failure").inc()
-            log.warning("token_refresh_failed", realm_id=realm_id, error=str(exc))
+            log.warning("token_refresh_failed", realm_id=realm_id, **failure(exc))
             self._observer.token_event(realm_id, "refresh_failed", current)
             return self._policy.fallback(current, mode, str(exc))
         return await self._store_grant(realm_id, current, grant)
@@ -107,7 +108,7 @@ class LockedRefresh:
             if attempt == TOKEN_ATTEMPTS:
                 raise error
             delay = BACKOFF_BASE * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-            log.warning("token_refresh_retry", realm_id=realm_id, attempt=attempt, error=str(error))
+            log.warning("token_refresh_retry", realm_id=realm_id, attempt=attempt, **failure(error))
             await self._clock.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -164,7 +165,7 @@ class LockedRefresh:
             try:
                 stored = await self._store.put(fresh, expected_version=base)
             except StateUnavailable as exc:
-                log.error("token_store_retry", realm_id=realm_id, attempt=attempt, error=str(exc))
+                log.error("token_store_retry", realm_id=realm_id, attempt=attempt, **failure(exc))
                 await self._clock.sleep(delay)
                 delay *= 2
                 continue
