@@ -1,17 +1,16 @@
 """The composition root: the one place that turns settings into running components.
 
-`build_gateway` constructs every component with its collaborators injected (clock,
-session, registry, state backends) and returns them in one `Gateway`, whose two aiohttp
-applications (proxy and ops) tests can serve on real sockets; `daemon.serve` runs them.
-Nothing below this module reads settings or the environment.
+`build_gateway` reads like the gateway's parts list: the state backends for the mode
+(backends.py), then one builder per subsystem, each in its own package's `wiring` module
+(health, tokens, oauth, proxy, ops) and handed only what it needs, and one `Gateway`
+holding the result (gateway.py). Health is built before the token manager and the proxy it
+watches, so it reaches them through `_LateBound`, filled in as soon as they exist. Below
+the wiring modules nothing reads settings or the environment.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import aiohttp
 import structlog
@@ -20,111 +19,28 @@ from prometheus_client import CollectorRegistry
 
 from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.admission.records import AdmissionPolicy
-from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
-from qbo_gateway.backends import build_backends
-from qbo_gateway.cache.response_cache import ResponseCache
+from qbo_gateway.backends import StateBackends, build_backends
 from qbo_gateway.clock import Clock, SystemClock
-from qbo_gateway.edge.answers import ops_edge, proxy_edge
 from qbo_gateway.edge.server import set_edge_limits
+from qbo_gateway.gateway import Gateway, add_readiness_checks, store_durability
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
-from qbo_gateway.log_foreign import set_caller_key_hashes
 from qbo_gateway.logs import failure, register_secrets
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.oauth.connect import (
-    ConnectFlow,
-    MemoryOAuthStates,
-    RedisOAuthStates,
-    connect_routes,
-)
-from qbo_gateway.oauth.intuit import OAuthClient
-from qbo_gateway.ops.health_api import add_health_routes
-from qbo_gateway.ops.listener import ComponentState, Readiness, admin_authorized, build_ops_app
-from qbo_gateway.ops.read_guard import read_guard
-from qbo_gateway.proxy.callers import CallerRegistry, load_callers
+from qbo_gateway.oauth.connect import ConnectFlow
+from qbo_gateway.oauth.wiring import connect_flow, oauth_client
+from qbo_gateway.ops.listener import Readiness
+from qbo_gateway.ops.wiring import ops_app
 from qbo_gateway.proxy.handler import Proxy
 from qbo_gateway.proxy.upstream import Upstream, make_session
-from qbo_gateway.settings import Settings, parse_expiry
-from qbo_gateway.state.availability import BackendAvailability
-from qbo_gateway.state.locks import Locks
-from qbo_gateway.state.redis_client import RedisClient
-from qbo_gateway.tokens.crypto import TokenCipher, load_or_create_key_file
+from qbo_gateway.proxy.wiring import admission_policy, build_proxy, proxy_app, response_cache
+from qbo_gateway.settings import Settings, parse_expiry, secret_text
 from qbo_gateway.tokens.manager import TokenManager
-from qbo_gateway.tokens.records import TokenStatus, TokenStore
+from qbo_gateway.tokens.records import TokenStatus
+from qbo_gateway.tokens.wiring import build_token_manager, token_cipher, token_keys
+
+__all__ = ["Gateway", "admission_policy", "build_gateway", "store_durability", "token_keys"]
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass
-class Gateway:
-    settings: Settings
-    clock: Clock
-    metrics: Metrics
-    readiness: Readiness
-    session: aiohttp.ClientSession
-    upstream: Upstream
-    store: TokenStore
-    locks: Locks
-    tokens: TokenManager
-    admitter: Admitter
-    cache: ResponseCache
-    health: Health
-    proxy: Proxy
-    proxy_app: web.Application
-    ops_app: web.Application
-    availability: BackendAvailability
-    redis: RedisClient | None = None
-    background: list[asyncio.Task[Any]] = field(default_factory=list)
-    closers: list[Any] = field(default_factory=list)
-
-    async def start_background(self) -> None:
-        """Start the loops a daemon runs (refresher, monitor); tests may skip them."""
-        await self.health.open(background=True)
-        self.background.append(
-            asyncio.create_task(
-                self.tokens.run_refresher(self.settings.refresh_interval_seconds),
-                name="token-refresher",
-            )
-        )
-
-    async def close(self) -> None:
-        for task in self.background:
-            task.cancel()
-        for task in self.background:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        # A refresh in flight is never cut off: its new pair must be stored first.
-        await self.tokens.drain()
-        await self.admitter.drain()
-        await self.health.close()
-        for closer in reversed(self.closers):
-            with contextlib.suppress(Exception):
-                await closer()
-        await self.availability.close()
-        await self.store.close()
-        await self.session.close()
-        if self.redis is not None:
-            # A connection cancelled mid-command can make redis-py's close wait on it;
-            # shutdown must not hang on that (nothing is lost: tokens were stored above).
-            try:
-                async with asyncio.timeout(2.0):
-                    await self.redis.aclose()
-            except TimeoutError:
-                log.warning("redis_close_timed_out")
-
-
-def _secret(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    return text or None
-
-
-def token_keys(settings: Settings) -> str:
-    keys = _secret(settings.token_keys)
-    if keys:
-        return keys
-    # Embedded mode only (settings refuse Redis mode without keys).
-    return load_or_create_key_file(settings.state_dir)
 
 
 async def build_gateway(
@@ -134,167 +50,53 @@ async def build_gateway(
     registry: CollectorRegistry | None = None,
     session: aiohttp.ClientSession | None = None,
     redis_prefix: str | None = None,
+    redis_time: bool | None = None,
 ) -> Gateway:
+    """Every component, wired. `redis_time`: the Redis scripts read Redis `TIME` (one clock
+    for all replicas, as in production); by default they do unless a test injects a clock."""
     clock = clock or SystemClock()
+    register_secrets(_secret_values(settings))
     metrics = Metrics(registry)
-    readiness = Readiness()
-    register_secrets(
-        [
-            _secret(settings.client_secret),
-            _secret(settings.admin_token),
-            _secret(settings.ops_read_token),
-            _secret(settings.access_token),
-            _secret(settings.refresh_token),
-            *(_secret(settings.token_keys) or "").split(","),
-        ]
-    )
     session = session or make_session(pool_size=settings.upstream_pool_size)
-    upstream = Upstream(session)
-    cipher = TokenCipher(token_keys(settings))
     policy = admission_policy(settings)
-    backends = build_backends(
-        topology=settings.redis_topology,
-        prefix=redis_prefix or settings.redis_prefix,
-        state_dir=settings.state_dir,
-        replica_count=settings.replica_count,
-        history_seconds=settings.health_history_seconds,
-        cache_max_bytes=settings.cache_max_bytes,
-        cipher=cipher,
-        policy=policy,
-        clock=clock,
-        metrics=metrics,
-    )
-    redis, keys, availability = backends.redis, backends.keys, backends.availability
-    store, locks, admission = backends.tokens, backends.locks, backends.admission
-    cache_backend, health_store = backends.cache, backends.health
-
-    # The monitor observes the token manager and the proxy, and probes through the proxy:
-    # it is built first, with late-bound callables into components built just below.
-    async def probe(realm_id: str) -> None:
-        await proxy.probe(realm_id)
-
-    async def realm_ids() -> list[str]:
-        return await tokens.realm_ids()
-
-    async def token_statuses() -> list[TokenStatus]:
-        return await tokens.statuses()
-
-    async def token_status(realm_id: str) -> TokenStatus | None:
-        return await tokens.status(realm_id)
-
-    health = build_health(
-        HealthOptions.from_settings(settings),
-        store=health_store,
-        clock=clock,
-        metrics=metrics,
-        sources=HealthSources(
-            realm_ids=realm_ids,
-            token_statuses=token_statuses,
-            token_status=token_status,
-            load=admission.load,
-            probe=probe,
-        ),
-        session=session,
-        policy=policy,
-        backend_up=lambda: availability.up,
-    )
+    use_time = isinstance(clock, SystemClock) if redis_time is None else redis_time
+    backends = _backends(settings, policy, clock, metrics, redis_prefix, use_time)
+    late = _LateBound()
+    health = _health(settings, backends, late, clock, metrics, session, policy)
     observer = health.observer
-    admitter = Admitter(admission, policy=policy, clock=clock, metrics=metrics, observer=observer)
-    cache = ResponseCache(
-        cache_backend,
-        clock=clock,
-        metrics=metrics,
-        observer=observer,
-        fresh_seconds=settings.cache_fresh_seconds,
-        stale_seconds=settings.cache_stale_seconds,
-        max_entry_bytes=settings.cache_max_entry_bytes,
-    )
-    oauth = OAuthClient(
-        session=session,
-        client_id=settings.client_id,
-        client_secret=_secret(settings.client_secret) or "",
-        token_url=settings.token_endpoint,
-        authorize_url=settings.authorize_endpoint,
-        revoke_url=settings.revoke_endpoint,
-        clock=clock,
-        timeout=settings.token_timeout_seconds,
-    )
-    caller_list = load_callers(settings.callers_file) if settings.callers_file else None
-    # Library log text may quote a caller's key from a malformed header: find it by hash.
-    set_caller_key_hashes(c.key_sha256.hex() for c in caller_list or [])
-    callers = CallerRegistry(caller_list)
-    tokens = TokenManager(
-        store=store,
-        locks=locks,
+    oauth = oauth_client(settings, session, clock)
+    tokens = late.tokens = build_token_manager(
+        settings,
+        store=backends.tokens,
+        locks=backends.locks,
+        availability=backends.availability,
         oauth=oauth,
         clock=clock,
         metrics=metrics,
         observer=observer,
-        margin=settings.refresh_margin_seconds,
-        token_timeout=settings.token_timeout_seconds,
-        availability=availability,
     )
-    proxy = Proxy(
-        api_base=settings.api_base,
-        minor_version=settings.minor_version,
-        callers=callers,
+    admitter = Admitter(
+        backends.admission, policy=policy, clock=clock, metrics=metrics, observer=observer
+    )
+    cache = response_cache(
+        settings, backends.cache, clock=clock, metrics=metrics, observer=observer
+    )
+    upstream = Upstream(session)
+    proxy = late.proxy = build_proxy(
+        settings,
         tokens=tokens,
         upstream=upstream,
+        gate=admitter,
+        cache=cache,
         clock=clock,
         metrics=metrics,
         observer=observer,
-        gate=admitter,
-        retry=RetryPolicy(budget=RetryBudget(ratio=settings.retry_budget_ratio)),
-        cache=cache,
-        max_body_bytes=settings.max_body_bytes,
-        request_timeout=settings.request_timeout_seconds,
     )
-    proxy_app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[proxy_edge()])
-    proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
-
-    async def force_refresh(realm_id: str) -> dict[str, object]:
-        status = await tokens.force_refresh(realm_id)
-        return {
-            "realm_id": status.realm_id,
-            "refreshed": True,
-            "access_expires_at": status.access_expires_at,
-            "refresh_expires_at": status.refresh_expires_at,
-            "needs_reconnect": status.needs_reconnect,
-        }
-
-    ops_app = build_ops_app(
-        readiness=readiness,
-        registry=metrics.registry,
-        admin_token=_secret(settings.admin_token),
-        force_refresh=force_refresh,
+    flow = connect_flow(
+        settings, oauth=oauth, tokens=tokens, redis=backends.redis, keys=backends.keys, clock=clock
     )
-    admin_token = _secret(settings.admin_token)
-    states = RedisOAuthStates(redis, keys) if redis is not None else MemoryOAuthStates(clock)
-    ops_host = "127.0.0.1" if settings.ops_host in ("0.0.0.0", "::") else settings.ops_host  # noqa: S104
-    flow = ConnectFlow(
-        oauth=oauth,
-        tokens=tokens,
-        states=states,
-        redirect_uri=settings.redirect_uri
-        or f"http://{ops_host}:{settings.ops_port}/oauth/callback",
-    )
-
-    async def admin_guard(request: web.Request) -> bool:
-        # Starting a connection hands out an Intuit consent link: admins only.
-        return admin_authorized(request, admin_token)
-
-    ops_app.add_routes(connect_routes(flow, guard=admin_guard))
-    add_health_routes(ops_app, health, admin_token=admin_token)
-    ops_app.middlewares.append(ops_edge())
-    ops_app.middlewares.append(read_guard(_secret(settings.ops_read_token), admin_token))
-    set_edge_limits(
-        {
-            "proxy": (proxy_app, settings.proxy_max_connections),
-            "ops": (ops_app, settings.ops_max_connections),
-        },
-        header_timeout=settings.header_timeout_seconds,
-        registry=metrics.registry,
-    )
+    readiness = Readiness()
+    apps = _applications(settings, proxy, readiness, metrics, tokens, flow, health)
     gateway = Gateway(
         settings=settings,
         clock=clock,
@@ -302,71 +104,140 @@ async def build_gateway(
         readiness=readiness,
         session=session,
         upstream=upstream,
-        store=store,
-        locks=locks,
+        store=backends.tokens,
+        locks=backends.locks,
         tokens=tokens,
         admitter=admitter,
         cache=cache,
         health=health,
         proxy=proxy,
-        proxy_app=proxy_app,
-        ops_app=ops_app,
-        availability=availability,
-        redis=redis,
+        proxy_app=apps[0],
+        ops_app=apps[1],
+        availability=backends.availability,
+        redis=backends.redis,
     )
-    _add_readiness_checks(gateway, cipher_ok=True)
-    await availability.check()
-    # Writers only; the monitor loop and housekeeping start with the daemon.
-    await health.open(background=False)
-    await _bootstrap_realm(gateway)
+    await _start(gateway, backends)
     return gateway
 
 
-def admission_policy(settings: Settings) -> AdmissionPolicy:
-    return AdmissionPolicy(
-        per_minute=settings.rate_limit_per_minute,
-        per_second=settings.rate_limit_per_second,
-        concurrency=settings.concurrency_limit,
-        batch_per_minute=settings.batch_limit_per_minute,
-        max_wait=settings.admission_wait_seconds,
-        # A crashed replica's slot comes back once its request could no longer be running.
-        lease_seconds=settings.request_timeout_seconds + 5.0,
-        failure_threshold=settings.breaker_failure_threshold,
-        recovery_seconds=settings.breaker_recovery_seconds,
-        max_recovery_seconds=settings.breaker_max_recovery_seconds,
-        throttle_cooldown=settings.throttle_cooldown_seconds,
+def _secret_values(settings: Settings) -> list[str | None]:
+    """Every configured secret, so the log redaction can find it in any text."""
+    return [
+        secret_text(settings.client_secret),
+        secret_text(settings.admin_token),
+        secret_text(settings.ops_read_token),
+        secret_text(settings.access_token),
+        secret_text(settings.refresh_token),
+        *secret_text(settings.token_keys).split(","),
+    ]
+
+
+def _backends(
+    settings: Settings,
+    policy: AdmissionPolicy,
+    clock: Clock,
+    metrics: Metrics,
+    redis_prefix: str | None,
+    redis_time: bool,
+) -> StateBackends:
+    return build_backends(
+        topology=settings.redis_topology,
+        prefix=redis_prefix or settings.redis_prefix,
+        state_dir=settings.state_dir,
+        replica_count=settings.replica_count,
+        history_seconds=settings.health_history_seconds,
+        cache_max_bytes=settings.cache_max_bytes,
+        cipher=token_cipher(settings),
+        policy=policy,
+        clock=clock,
+        script_clock=None if redis_time else clock,
+        metrics=metrics,
     )
 
 
-def _add_readiness_checks(gw: Gateway, *, cipher_ok: bool) -> None:
-    async def settings_check() -> ComponentState:
-        return ComponentState(True, f"environment={gw.settings.environment}")
+@dataclass
+class _LateBound:
+    """What health asks of the proxy and the token manager, which are built after it."""
 
-    async def keys_check() -> ComponentState:
-        return ComponentState(cipher_ok, "token keys loaded" if cipher_ok else "no usable key")
+    proxy: Proxy | None = None
+    tokens: TokenManager | None = None
 
-    async def backend_check() -> ComponentState:
-        durable, why = await store_durability(gw)
-        warning = None if durable else why
-        if gw.redis is None:
-            return ComponentState(True, "embedded (in-process state, SQLite tokens)", warning)
-        if gw.availability.up:
-            return ComponentState(True, "redis reachable", warning)
-        if gw.availability.ever_up:
-            # Losing Redis must not take every pod out of service: keep serving locally.
-            return ComponentState(True, "redis unreachable: serving with in-process state")
-        return ComponentState(False, "redis never reached since start: no tokens")
+    def _manager(self) -> TokenManager:
+        assert self.tokens is not None, "bound in build_gateway, before anything runs"
+        return self.tokens
 
-    gw.readiness.add("settings", settings_check)
-    gw.readiness.add("token_keys", keys_check)
-    gw.readiness.add("state_backend", backend_check)
+    async def probe(self, realm_id: str) -> None:
+        assert self.proxy is not None, "bound in build_gateway, before anything runs"
+        await self.proxy.probe(realm_id)
+
+    async def realm_ids(self) -> list[str]:
+        return await self._manager().realm_ids()
+
+    async def token_statuses(self) -> list[TokenStatus]:
+        return await self._manager().statuses()
+
+    async def token_status(self, realm_id: str) -> TokenStatus | None:
+        return await self._manager().status(realm_id)
 
 
-async def store_durability(gw: Gateway) -> tuple[bool, str]:
-    try:
-        return await gw.store.durability()
-    except Exception as exc:  # noqa: BLE001 - unknown durability is reported, not fatal
-        return True, f"durability unknown ({type(exc).__name__})"
+def _health(
+    settings: Settings,
+    backends: StateBackends,
+    late: _LateBound,
+    clock: Clock,
+    metrics: Metrics,
+    session: aiohttp.ClientSession,
+    policy: AdmissionPolicy,
+) -> Health:
+    availability = backends.availability
+    return build_health(
+        HealthOptions.from_settings(settings),
+        store=backends.health,
+        clock=clock,
+        metrics=metrics,
+        sources=HealthSources(
+            realm_ids=late.realm_ids,
+            token_statuses=late.token_statuses,
+            token_status=late.token_status,
+            load=backends.admission.load,
+            probe=late.probe,
+        ),
+        session=session,
+        policy=policy,
+        backend_up=lambda: availability.up,
+    )
+
+
+def _applications(
+    settings: Settings,
+    proxy: Proxy,
+    readiness: Readiness,
+    metrics: Metrics,
+    tokens: TokenManager,
+    flow: ConnectFlow,
+    health: Health,
+) -> tuple[web.Application, web.Application]:
+    proxy_listener = proxy_app(settings, proxy)
+    ops_listener = ops_app(
+        settings, readiness=readiness, metrics=metrics, tokens=tokens, flow=flow, health=health
+    )
+    set_edge_limits(
+        {
+            "proxy": (proxy_listener, settings.proxy_max_connections),
+            "ops": (ops_listener, settings.ops_max_connections),
+        },
+        header_timeout=settings.header_timeout_seconds,
+        registry=metrics.registry,
+    )
+    return proxy_listener, ops_listener
+
+
+async def _start(gw: Gateway, backends: StateBackends) -> None:
+    add_readiness_checks(gw)
+    await backends.availability.check()
+    # Writers only; the monitor loop and housekeeping start with the daemon.
+    await gw.health.open(background=False)
+    await _bootstrap_realm(gw)
 
 
 async def _bootstrap_realm(gw: Gateway) -> None:
@@ -376,8 +247,8 @@ async def _bootstrap_realm(gw: Gateway) -> None:
     try:
         imported = await gw.tokens.bootstrap(
             s.realm_id,
-            _secret(s.access_token),
-            _secret(s.refresh_token) or "",
+            secret_text(s.access_token) or None,
+            secret_text(s.refresh_token),
             parse_expiry(s.access_token_expires_at),
         )
     except Exception as exc:  # noqa: BLE001 - a down backend must not stop start-up

@@ -19,7 +19,7 @@ from qbo_gateway.cache.backend_memory import MemoryCacheBackend
 from qbo_gateway.cache.backend_redis import RedisCacheBackend
 from qbo_gateway.cache.fallback import FallbackCache
 from qbo_gateway.cache.records import CacheBackend
-from qbo_gateway.clock import Clock, SystemClock
+from qbo_gateway.clock import Clock
 from qbo_gateway.health.store_fallback import FallbackHealthStore
 from qbo_gateway.health.store_memory import HealthStore, MemoryHealthStore
 from qbo_gateway.health.store_redis import RedisHealthStore
@@ -58,8 +58,10 @@ def build_backends(
     cipher: TokenCipher,
     policy: AdmissionPolicy,
     clock: Clock,
+    script_clock: Clock | None,
     metrics: Metrics,
 ) -> StateBackends:
+    """Each state backend for the mode. `script_clock` None: Redis scripts read Redis TIME."""
     keys = RedisKeys(prefix)
     if topology is None:
         return StateBackends(
@@ -78,8 +80,6 @@ def build_backends(
         await ping(redis)
 
     availability = BackendAvailability(ping=reachable, metrics=metrics)
-    # Production scripts read Redis TIME (one clock for all replicas); tests inject theirs.
-    script_clock = None if isinstance(clock, SystemClock) else clock
     return StateBackends(
         redis=redis,
         keys=keys,

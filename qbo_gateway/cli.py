@@ -116,11 +116,11 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    import qbo_gateway.commands.tokens as token_cli
+    from qbo_gateway.commands.connect import connect
 
     settings = _settings_or_exit()
     configure_logging("warning", settings.log_format)
-    return asyncio.run(token_cli.connect(settings, port=args.port))
+    return asyncio.run(connect(settings, port=args.port))
 
 
 def build_parser() -> argparse.ArgumentParser:

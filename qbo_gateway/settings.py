@@ -65,6 +65,13 @@ def parse_expiry(value: str | float | int | None) -> float | None:
     return parsed.timestamp()
 
 
+def secret_text(value: SecretStr | str | None) -> str:
+    """The plain text of a secret setting ("" when unset), for the one place that uses it."""
+    if value is None:
+        return ""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", "localhost.localdomain"):
         return True

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from qbo_gateway.clock import ManualClock
+from qbo_gateway.commands import connect as connect_cli
 from qbo_gateway.commands import tokens as token_cli
 from qbo_gateway.faults import ReconnectRequired, UnknownRealm, UpstreamUnavailable
 from qbo_gateway.metrics import Metrics
@@ -574,7 +575,7 @@ async def test_cli_connect_runs_the_flow(env: Env) -> None:
     urls: list[str] = []
     out = io.StringIO()
     task = asyncio.create_task(
-        token_cli.connect(settings, port=port, ready=ready, urls=urls, out=out, wait_seconds=10)
+        connect_cli.connect(settings, port=port, ready=ready, urls=urls, out=out, wait_seconds=10)
     )
     await asyncio.wait_for(ready.wait(), 5)
     async with env.session.get(urls[0], allow_redirects=False) as resp:

@@ -1,4 +1,4 @@
-"""The token subcommands of `qbo-gateway`: import, list, revoke, connect.
+"""The token subcommands of `qbo-gateway`: import, list, revoke (connect is in connect.py).
 
 They work on the same token store the daemon uses (the SQLite file in QBO_STATE_DIR, or
 Redis), so an operator can seed, inspect or remove realms with the daemon running or not.
@@ -7,62 +7,35 @@ Each returns an exit code; none ever prints a token (list shows expiry times and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
-from urllib.parse import urlsplit
+from typing import TextIO
 
 import aiohttp
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from qbo_gateway.clock import Clock, SystemClock
-from qbo_gateway.metrics import Metrics
-from qbo_gateway.oauth.connect import CALLBACK_PATH, ConnectFlow, MemoryOAuthStates, connect_routes
-from qbo_gateway.oauth.intuit import InvalidGrant, OAuthClient, OAuthError, TransientTokenError
-from qbo_gateway.observe import NullObserver
+from qbo_gateway.oauth.intuit import InvalidGrant, OAuthError, TransientTokenError
+from qbo_gateway.oauth.wiring import oauth_client
 from qbo_gateway.settings import Settings, parse_expiry
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
-from qbo_gateway.state.locks import MemoryLocks
 from qbo_gateway.state.redis_client import connect_redis
-from qbo_gateway.tokens.crypto import (
-    InvalidKeys,
-    TokenCipher,
-    load_or_create_key_file,
-)
-from qbo_gateway.tokens.manager import TokenManager, new_record
+from qbo_gateway.tokens.crypto import InvalidKeys
+from qbo_gateway.tokens.manager import new_record
 from qbo_gateway.tokens.records import TokenRecord, TokenStore
 from qbo_gateway.tokens.store_redis import RedisTokenStore
 from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
-
-CONNECT_TIMEOUT = 600.0
-
-
-def _secret(value: Any) -> str:
-    if value is None:
-        return ""
-    return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
-
-
-def cipher_for(settings: Settings) -> TokenCipher:
-    keys = _secret(settings.token_keys)
-    if keys:
-        return TokenCipher(keys)
-    if not settings.embedded:
-        raise InvalidKeys("QBO_TOKEN_KEYS is required with QBO_REDIS_URL")
-    return TokenCipher(load_or_create_key_file(settings.state_dir))
+from qbo_gateway.tokens.wiring import token_cipher
 
 
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[TokenStore]:
     """The daemon's token store, opened from settings for one command."""
-    cipher = cipher_for(settings)
+    cipher = token_cipher(settings)
     topology = settings.redis_topology
     if topology is not None:
         redis = connect_redis(topology, socket_timeout=5, connect_timeout=5)
@@ -76,19 +49,6 @@ async def open_store(settings: Settings) -> AsyncIterator[TokenStore]:
             yield store
         finally:
             await store.close()
-
-
-def _oauth(settings: Settings, session: aiohttp.ClientSession, clock: Clock) -> OAuthClient:
-    return OAuthClient(
-        session=session,
-        client_id=settings.client_id,
-        client_secret=_secret(settings.client_secret),
-        token_url=settings.token_endpoint,
-        authorize_url=settings.authorize_endpoint,
-        revoke_url=settings.revoke_endpoint,
-        clock=clock,
-        timeout=settings.token_timeout_seconds,
-    )
 
 
 def _read_secret_arg(value: str | None, name: str) -> str | None:
@@ -243,7 +203,7 @@ async def tokens_revoke(
                 print(f"qbo-gateway: no tokens stored for realm {realm_id}", file=err)
                 return 1
             try:
-                await _oauth(settings, http, clock).revoke(record.refresh_token)
+                await oauth_client(settings, http, clock).revoke(record.refresh_token)
             except TransientTokenError as exc:
                 print(f"qbo-gateway: revoke failed, tokens kept: {exc}", file=err)
                 return 1
@@ -258,88 +218,4 @@ async def tokens_revoke(
         if own_session:
             await http.close()
     print(f"revoked and removed realm {realm_id}", file=out)
-    return 0
-
-
-async def connect(
-    settings: Settings,
-    *,
-    port: int = 8765,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-    wait_seconds: float = CONNECT_TIMEOUT,
-    ready: asyncio.Event | None = None,
-    urls: list[str] | None = None,
-) -> int:
-    """Run the authorization-code flow with a one-off local callback listener.
-
-    The redirect URI is QBO_REDIRECT_URI when set (its port and path are served here),
-    else http://localhost:<port>/oauth/callback; it must be registered with the Intuit app.
-    """
-    out, err = out or sys.stdout, err or sys.stderr
-    clock = SystemClock()
-    redirect_uri = settings.redirect_uri or f"http://localhost:{port}{CALLBACK_PATH}"
-    parts = urlsplit(redirect_uri)
-    listen_port = parts.port or port
-    done: asyncio.Future[TokenRecord] = asyncio.get_running_loop().create_future()
-
-    def finished(record: TokenRecord) -> None:
-        if not done.done():
-            done.set_result(record)
-
-    try:
-        async with open_store(settings) as store, aiohttp.ClientSession() as session:
-            oauth = _oauth(settings, session, clock)
-            manager = TokenManager(
-                store=store,
-                locks=MemoryLocks(clock),
-                oauth=oauth,
-                clock=clock,
-                metrics=Metrics(CollectorRegistry()),
-                observer=NullObserver(),
-                token_timeout=settings.token_timeout_seconds,
-                lock_lease=max(60.0, settings.token_timeout_seconds * 4 + 10),
-            )
-            flow = ConnectFlow(
-                oauth=oauth,
-                tokens=manager,
-                states=MemoryOAuthStates(clock),
-                redirect_uri=redirect_uri,
-            )
-            app = web.Application()
-            app.add_routes(
-                connect_routes(
-                    flow, callback_path=parts.path or CALLBACK_PATH, on_connected=finished
-                )
-            )
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            try:
-                await web.TCPSite(runner, "127.0.0.1", listen_port).start()
-            except OSError as exc:
-                await runner.cleanup()
-                print(
-                    f"qbo-gateway: cannot listen on port {listen_port} ({exc.strerror}); if the "
-                    "gateway is running, open its ops listener's /oauth/connect instead",
-                    file=err,
-                )
-                return 1
-            try:
-                url = await flow.start()
-                if urls is not None:
-                    urls.append(url)
-                print("Open this URL in a browser and authorize the app:", file=out)
-                print(url, file=out)
-                if ready is not None:
-                    ready.set()
-                record = await asyncio.wait_for(done, wait_seconds)
-            except TimeoutError:
-                print("qbo-gateway: no callback arrived in time", file=err)
-                return 1
-            finally:
-                await runner.cleanup()
-    except (InvalidKeys, StateUnavailable) as exc:
-        print(f"qbo-gateway: {exc}", file=err)
-        return 1
-    print(f"connected realm {record.realm_id}", file=out)
     return 0

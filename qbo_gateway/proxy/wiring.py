@@ -1,0 +1,97 @@
+"""The request path's builders: callers, the read cache, the proxy and its application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from qbo_gateway.admission.gate import Admitter
+from qbo_gateway.admission.records import AdmissionPolicy
+from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
+from qbo_gateway.cache.records import CacheBackend
+from qbo_gateway.cache.response_cache import ResponseCache
+from qbo_gateway.clock import Clock
+from qbo_gateway.edge.answers import proxy_edge
+from qbo_gateway.log_foreign import set_caller_key_hashes
+from qbo_gateway.metrics import Metrics
+from qbo_gateway.observe import Observer
+from qbo_gateway.proxy.callers import CallerRegistry, load_callers
+from qbo_gateway.proxy.handler import Proxy
+from qbo_gateway.proxy.upstream import Upstream
+from qbo_gateway.settings import Settings
+from qbo_gateway.tokens.manager import TokenManager
+
+
+def admission_policy(settings: Settings) -> AdmissionPolicy:
+    return AdmissionPolicy(
+        per_minute=settings.rate_limit_per_minute,
+        per_second=settings.rate_limit_per_second,
+        concurrency=settings.concurrency_limit,
+        batch_per_minute=settings.batch_limit_per_minute,
+        max_wait=settings.admission_wait_seconds,
+        # A crashed replica's slot comes back once its request could no longer be running.
+        lease_seconds=settings.request_timeout_seconds + 5.0,
+        failure_threshold=settings.breaker_failure_threshold,
+        recovery_seconds=settings.breaker_recovery_seconds,
+        max_recovery_seconds=settings.breaker_max_recovery_seconds,
+        throttle_cooldown=settings.throttle_cooldown_seconds,
+    )
+
+
+def caller_registry(settings: Settings) -> CallerRegistry:
+    callers = load_callers(settings.callers_file) if settings.callers_file else None
+    # Library log text may quote a caller's key from a malformed header: find it by hash.
+    set_caller_key_hashes(c.key_sha256.hex() for c in callers or [])
+    return CallerRegistry(callers)
+
+
+def response_cache(
+    settings: Settings,
+    backend: CacheBackend,
+    *,
+    clock: Clock,
+    metrics: Metrics,
+    observer: Observer,
+) -> ResponseCache:
+    return ResponseCache(
+        backend,
+        clock=clock,
+        metrics=metrics,
+        observer=observer,
+        fresh_seconds=settings.cache_fresh_seconds,
+        stale_seconds=settings.cache_stale_seconds,
+        max_entry_bytes=settings.cache_max_entry_bytes,
+    )
+
+
+def build_proxy(
+    settings: Settings,
+    *,
+    tokens: TokenManager,
+    upstream: Upstream,
+    gate: Admitter,
+    cache: ResponseCache,
+    clock: Clock,
+    metrics: Metrics,
+    observer: Observer,
+) -> Proxy:
+    return Proxy(
+        api_base=settings.api_base,
+        minor_version=settings.minor_version,
+        callers=caller_registry(settings),
+        tokens=tokens,
+        upstream=upstream,
+        clock=clock,
+        metrics=metrics,
+        observer=observer,
+        gate=gate,
+        retry=RetryPolicy(budget=RetryBudget(ratio=settings.retry_budget_ratio)),
+        cache=cache,
+        max_body_bytes=settings.max_body_bytes,
+        request_timeout=settings.request_timeout_seconds,
+    )
+
+
+def proxy_app(settings: Settings, proxy: Proxy) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[proxy_edge()])
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
