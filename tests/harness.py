@@ -103,13 +103,18 @@ async def start_gateway(
     seed: TokenPair | None = None,
     realm: str = REALM,
     redis_prefix: str | None = None,
+    redis_time: bool | None = None,
     **overrides: Any,
 ) -> tuple[Gateway, TestServer, TestServer, CollectorRegistry]:
     registry = CollectorRegistry()
     sim_url = str(sim_server.make_url("")).rstrip("/")
     settings = settings_for(sim_url, state_dir, **overrides)
     gateway = await build_gateway(
-        settings, clock=clock or SystemClock(), registry=registry, redis_prefix=redis_prefix
+        settings,
+        clock=clock or SystemClock(),
+        registry=registry,
+        redis_prefix=redis_prefix,
+        redis_time=redis_time,
     )
     if seed is not None:
         await gateway.tokens.import_tokens(

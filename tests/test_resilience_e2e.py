@@ -337,3 +337,70 @@ async def test_retry_policy_through_the_gateway(factory: Any) -> None:
         registry.get_sample_value("qbo_gateway_upstream_retries_total", {"cause": "status_503"})
         == 1
     )
+
+
+class SkewedClock(SystemClock):
+    """A replica whose wall clock is off by `skew` seconds, as pods' clocks drift."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+
+    def now(self) -> float:
+        return super().now() + self.skew
+
+
+@pytest.fixture
+async def skewed_replicas(
+    aiohttp_server: Any, tmp_path: Path, redis_server: RedisServer, redis_prefix: str
+) -> AsyncIterator[Cluster]:
+    """Three replicas on one Redis, their clocks 0, 2 and 4 minutes apart, the Redis scripts
+    on Redis `TIME` as in production: no clock is injected into the scripts."""
+    sim, sim_server = await start_sim(aiohttp_server)
+    c = Cluster(sim, sim.add_realm(REALM), SystemClock())
+    for i in range(3):
+        gw, proxy, _ops, _reg = await start_gateway(
+            aiohttp_server,
+            sim,
+            sim_server,
+            tmp_path / f"state{i}",
+            clock=SkewedClock(120.0 * i),
+            seed=c.pair if i == 0 else None,
+            redis_prefix=redis_prefix,
+            redis_time=True,
+            redis_url=redis_server.url,
+            token_keys=KEYS,
+            replica_count=3,
+            rate_limit_per_second=100,
+            rate_limit_per_minute=20,
+            breaker_failure_threshold=5,
+            breaker_recovery_seconds=300,
+            cache_stale_seconds=0,  # refusals must show, not be covered by degraded reads
+        )
+        c.gateways.append(gw)
+        c.urls.append(str(proxy.make_url("")).rstrip("/"))
+    yield c
+    await c.close()
+
+
+async def test_skewed_replicas_share_one_rate_window_on_redis_time(
+    skewed_replicas: Cluster,
+) -> None:
+    c = skewed_replicas
+    results = await asyncio.gather(*(c.get(COMPANY, i % 3) for i in range(30)))
+    # One rolling minute for the fleet, whatever each pod's clock says.
+    assert sorted(r[0] for r in results) == [200] * 20 + [429] * 10
+    assert len(c.sim.api_requests) == 20
+
+
+async def test_skewed_replicas_share_one_breaker_on_redis_time(skewed_replicas: Cluster) -> None:
+    c = skewed_replicas
+    c.sim.inject(FaultRule(kind="server_error", path="customer"))
+    for _ in range(5):
+        assert await post_customer(c, 0) == 500
+        await settle(c)
+    # The replica four minutes ahead sees the whole recovery time left: the open-until time
+    # was written and is read on Redis' clock, not on either replica's.
+    status, headers, _body = await c.get(COMPANY, 2)
+    assert status == 503 and headers["X-QBO-Gateway-Error"] == "GW-CIRCUIT-OPEN"
+    # (Had the scripts taken each replica's clock, 300 - 240 = 60 seconds would be left.)
+    assert 298 <= int(headers["Retry-After"]) <= 300
