@@ -38,6 +38,12 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._request_metrics()
+        self._state_metrics()
+        self._initial_values()
+
+    def _request_metrics(self) -> None:
+        """What the request path records: requests, timings, refusals, retries, the cache."""
         self.requests = self._counter(
             "qbo_gateway_requests",
             "Proxied requests by method, outcome (upstream, cache_hit, stale, rejected, error) "
@@ -56,19 +62,6 @@ class Metrics:
             "Time QBO took to answer one upstream attempt (headers received)",
             "result",
         )
-        self.token_refreshes = self._counter(
-            "qbo_gateway_token_refreshes",
-            "Token refreshes by result (success, failure, invalid_grant, invalid_client, skipped)",
-            "result",
-        )
-        self.circuit_transitions = self._counter(
-            "qbo_gateway_circuit_transitions",
-            "Circuit breaker transitions made by this replica, by the state entered",
-            "to",
-        )
-        self.realms = self._gauge(
-            "qbo_gateway_realms", "Realms known to the gateway by health status", "status"
-        )
         self.rate_limited = self._counter(
             "qbo_gateway_rate_limited",
             "Requests refused or delayed by admission, by reason",
@@ -79,14 +72,6 @@ class Metrics:
             "Reads answered from the cache in degraded mode, by reason",
             "reason",
         )
-        self.alerts_active = self._gauge(
-            "qbo_gateway_alerts_active", "Active alerts by severity", "severity"
-        )
-        self.state_backend_up = self._gauge(
-            "qbo_gateway_state_backend_up",
-            "1 while the state backend (Redis, or the in-process store) is usable",
-        )
-        self.build_info = self._gauge("qbo_gateway_build_info", "Build information", "version")
         self.upstream_retries = self._counter(
             "qbo_gateway_upstream_retries",
             "Upstream attempts repeated by the retry policy, by cause",
@@ -100,13 +85,36 @@ class Metrics:
         self.cache_bytes = self._gauge(
             "qbo_gateway_cache_bytes", "Bytes held by the in-process cache"
         )
+
+    def _state_metrics(self) -> None:
+        """What the rest reports: tokens, circuits, realms, alerts, the backend, the build."""
+        self.token_refreshes = self._counter(
+            "qbo_gateway_token_refreshes",
+            "Token refreshes by result (success, failure, invalid_grant, invalid_client, skipped)",
+            "result",
+        )
+        self.circuit_transitions = self._counter(
+            "qbo_gateway_circuit_transitions",
+            "Circuit breaker transitions made by this replica, by the state entered",
+            "to",
+        )
+        self.realms = self._gauge(
+            "qbo_gateway_realms", "Realms known to the gateway by health status", "status"
+        )
+        self.alerts_active = self._gauge(
+            "qbo_gateway_alerts_active", "Active alerts by severity", "severity"
+        )
+        self.state_backend_up = self._gauge(
+            "qbo_gateway_state_backend_up",
+            "1 while the state backend (Redis, or the in-process store) is usable",
+        )
+        self.build_info = self._gauge("qbo_gateway_build_info", "Build information", "version")
         self.alert_deliveries = self._counter(
             "qbo_gateway_alert_deliveries", "Alert webhook deliveries by result", "result"
         )
         self.health_checks = self._counter(
             "qbo_gateway_health_checks", "Monitor probes by result", "result"
         )
-        self._initial_values()
 
     def _counter(self, name: str, doc: str, *labels: str) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

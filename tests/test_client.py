@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from qbo_gateway.client.gateway_client import (
+from qbo_gateway.client import (
     BadRequest,
     CircuitOpen,
     Forbidden,

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from qbo_gateway.client.gateway_client import (
+from qbo_gateway.client import (
     CircuitOpen,
     GatewayUnreachable,
     QBOFault,

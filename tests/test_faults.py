@@ -14,15 +14,15 @@ import pytest
 from aiohttp import web
 
 from qbo_gateway import faults
-from qbo_gateway.client.errors import FAULT_CODE_NAMES, GW_CODES
-from qbo_gateway.client.gateway_client import (
+from qbo_gateway.client import (
     CircuitOpen,
     GatewayFault,
     MethodNotAllowed,
     RateLimited,
     ReadBudget,
-    _interpret,
 )
+from qbo_gateway.client.answers import interpret
+from qbo_gateway.client.errors import FAULT_CODE_NAMES, GW_CODES
 
 TABLE: list[tuple[type[faults.GatewayError], str, str, int]] = [
     (faults.BadPath, "GW-BAD-PATH", "9400", 400),
@@ -97,7 +97,7 @@ def test_client_maps_from_header_or_numeric_code(
     body["Fault"]["type"] = "GatewayFault"  # type: ignore[index]
     headers = {"X-QBO-Gateway-Error": header} if header else {}
     with pytest.raises(GatewayFault) as caught:
-        _interpret(429, headers, json.dumps(body).encode())
+        interpret(429, headers, json.dumps(body).encode())
     assert type(caught.value) is expected
     assert caught.value.fault_code == code
     assert caught.value.code == (header or FAULT_CODE_NAMES.get(code, "GW-UNKNOWN"))

@@ -93,6 +93,27 @@ def _prune(window: deque[float], before: float) -> None:
         window.popleft()
 
 
+def _breaker_gate(r: _Realm, now: float) -> tuple[Admission | None, bool]:
+    """A refusal while cooling down or open (or probing); else whether this is the probe."""
+    if r.cooldown_until > now:
+        return _refused(r, RefusalReason.THROTTLED, r.cooldown_until - now), False
+    if r.state is BreakerState.OPEN:
+        if r.open_until > now:
+            return _refused(r, RefusalReason.CIRCUIT_OPEN, r.open_until - now), False
+        return None, True
+    if r.state is BreakerState.HALF_OPEN:
+        if r.probe_id is not None and r.probe_until > now:
+            return _refused(r, RefusalReason.CIRCUIT_OPEN, r.probe_until - now), False
+        return None, True  # the previous probe never reported: its lease lapsed
+    return None, False
+
+
+def _refused(r: _Realm, reason: RefusalReason, retry_after: float) -> Admission:
+    return Admission(
+        Verdict.REFUSE, reason=reason, retry_after=retry_after, generation=r.generation
+    )
+
+
 class MemoryAdmission:
     """`AdmissionBackend` in one process's memory."""
 
@@ -118,33 +139,9 @@ class MemoryAdmission:
         p = self.policy
         now = self._clock.now()
         r = self._realm(realm_id)
-        if r.cooldown_until > now:
-            return Admission(
-                Verdict.REFUSE,
-                reason=RefusalReason.THROTTLED,
-                retry_after=r.cooldown_until - now,
-                generation=r.generation,
-            )
-        becomes_probe = False
-        if r.state is BreakerState.OPEN:
-            if r.open_until > now:
-                return Admission(
-                    Verdict.REFUSE,
-                    reason=RefusalReason.CIRCUIT_OPEN,
-                    retry_after=r.open_until - now,
-                    generation=r.generation,
-                )
-            becomes_probe = True
-        elif r.state is BreakerState.HALF_OPEN:
-            if r.probe_id is not None and r.probe_until > now:
-                return Admission(
-                    Verdict.REFUSE,
-                    reason=RefusalReason.CIRCUIT_OPEN,
-                    retry_after=r.probe_until - now,
-                    generation=r.generation,
-                )
-            becomes_probe = True  # the previous probe never reported: its lease lapsed
-
+        refusal, becomes_probe = _breaker_gate(r, now)
+        if refusal is not None:
+            return refusal
         for lease_id, expires in list(r.leases.items()):
             if expires <= now:
                 del r.leases[lease_id]
@@ -152,38 +149,38 @@ class MemoryAdmission:
             return Admission(
                 Verdict.WAIT, delay=min(WAIT_POLL_SECONDS, p.max_wait), generation=r.generation
             )
-
         _prune(r.rate, now - MINUTE)
         _prune(r.batch, now - MINUTE)
         t, binding = reserve_time(now, p, r.rate, r.batch if batch else None)
         delay = t - now
         if delay > p.max_wait:
             return Admission(
-                Verdict.REFUSE,
-                reason=binding,
-                retry_after=delay,
-                generation=r.generation,
+                Verdict.REFUSE, reason=binding, retry_after=delay, generation=r.generation
             )
+        return self._grant(r, now, t, batch=batch, probe=becomes_probe)
 
+    def _grant(self, r: _Realm, now: float, t: float, *, batch: bool, probe: bool) -> Admission:
+        """Reserve the slot at `t`, take a concurrency lease, and start a probe if due."""
+        delay = t - now
         r.rate.append(t)
         if batch:
             r.batch.append(t)
         lease_id = uuid.uuid4().hex
-        r.leases[lease_id] = now + p.lease_seconds + delay
+        r.leases[lease_id] = now + self.policy.lease_seconds + delay
         transition: BreakerState | None = None
-        if becomes_probe:
+        if probe:
             if r.state is not BreakerState.HALF_OPEN:
                 transition = BreakerState.HALF_OPEN
             r.state = BreakerState.HALF_OPEN
             r.generation += 1
             r.probe_id = lease_id
-            r.probe_until = now + p.lease_seconds + delay
+            r.probe_until = now + self.policy.lease_seconds + delay
         return Admission(
             Verdict.ADMIT,
             delay=delay,
             lease_id=lease_id,
             generation=r.generation,
-            probe=becomes_probe,
+            probe=probe,
             transition=transition,
         )
 

@@ -15,6 +15,28 @@ from typing import Any
 # ---- exceptions ------------------------------------------------------------------------
 
 
+__all__ = [
+    "BadRequest",
+    "CircuitOpen",
+    "Forbidden",
+    "GatewayFault",
+    "GatewayUnreachable",
+    "HealthUnavailable",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "QBOFault",
+    "QBOGatewayError",
+    "QBOThrottled",
+    "RateLimited",
+    "ReadBudget",
+    "ReconnectRequired",
+    "Unauthenticated",
+    "UnknownRealm",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
 class QBOGatewayError(Exception):
     """Anything that kept a call from returning QBO's answer.
 

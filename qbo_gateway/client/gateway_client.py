@@ -6,7 +6,7 @@ module gives them the same two calls (plus `query`), backed by the gateway, so m
 gateway is a change of import, not of code: tokens, refresh, limits, the breaker and the
 degraded cache all live in the sidecar; this client only speaks HTTP to it.
 
-It is deliberately standalone (aiohttp, the standard library and `client_errors`, nothing
+It is deliberately standalone (aiohttp, the standard library and `client.errors`, nothing
 else from this package), so it can be vendored or installed on its own in the services
 that call the gateway.
 
@@ -26,60 +26,30 @@ from __future__ import annotations
 import json as jsonlib
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 
-from qbo_gateway.client.errors import (
-    FAULT_CODE_NAMES,
-    GW_CODES,
-    BadRequest,
-    CircuitOpen,
-    Forbidden,
-    GatewayFault,
-    GatewayUnreachable,
-    HealthUnavailable,
-    MethodNotAllowed,
-    PayloadTooLarge,
-    QBOFault,
-    QBOGatewayError,
-    QBOThrottled,
-    RateLimited,
-    ReadBudget,
-    ReconnectRequired,
-    Unauthenticated,
-    UnknownRealm,
-    UpstreamTimeout,
-    UpstreamUnavailable,
+from qbo_gateway.client.answers import (
+    QBOResponse,
+    QueryResult,
+    check_endpoint,
+    check_realm,
+    gateway_error_hook,
+    interpret,
+    json_or_none,
+    rows_of,
 )
+from qbo_gateway.client.errors import GatewayUnreachable, HealthUnavailable
 
 __all__ = [
     "DEFAULT_OPS_URL",
     "DEFAULT_PROXY_URL",
-    "BadRequest",
-    "CircuitOpen",
-    "Forbidden",
-    "GatewayFault",
-    "GatewayUnreachable",
-    "HealthUnavailable",
-    "MethodNotAllowed",
-    "PayloadTooLarge",
-    "QBOFault",
     "QBOGatewayClient",
-    "QBOGatewayError",
     "QBOResponse",
-    "QBOThrottled",
     "QueryResult",
-    "RateLimited",
-    "ReadBudget",
-    "ReconnectRequired",
-    "Unauthenticated",
-    "UnknownRealm",
-    "UpstreamTimeout",
-    "UpstreamUnavailable",
     "gateway_error_hook",
     "get_qbo_connection_manager",
 ]
@@ -97,67 +67,10 @@ QUERY_PAGE_MAX = 1000
 # Health statuses under which the realm is served now (degraded: served, maybe from cache).
 SERVING_STATUSES = frozenset({"healthy", "degraded"})
 
-_REALM = re.compile(r"^[0-9]{1,32}$")
 _PAGING = re.compile(
     r"(?:\s+STARTPOSITION\s+(?P<start>\d+))?(?:\s+MAXRESULTS\s+(?P<max>\d+))?\s*;?\s*$",
     re.IGNORECASE,
 )
-_QUERY_META = frozenset({"startPosition", "maxResults", "totalCount"})
-
-
-# ---- results ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class QBOResponse(Mapping[str, Any]):
-    """QBO's decoded JSON and what the gateway said about it.
-
-    It reads like the JSON object itself (`response["CompanyInfo"]`), so code written for
-    the original `make_qbo_request`, which returned the dict, keeps working.
-    """
-
-    data: Any
-    status: int
-    degraded: bool = False
-    degraded_reason: str | None = None  # circuit-open, upstream-error, rate-limited, ...
-    age: int | None = None  # seconds since a degraded (cached) answer was fresh
-    cache_status: str | None = None
-    intuit_tid: str | None = None
-    request_id: str | None = None
-    content: bytes = field(default=b"", repr=False)  # the raw body (e.g. a PDF)
-
-    def _mapping(self) -> Mapping[str, Any]:
-        return self.data if isinstance(self.data, Mapping) else {}
-
-    def __getitem__(self, key: str) -> Any:
-        return self._mapping()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mapping())
-
-    def __len__(self) -> int:
-        return len(self._mapping())
-
-
-@dataclass(frozen=True, eq=False)
-class QueryResult:
-    """The rows of a query (every page when asked), with each page's response."""
-
-    entity: str | None
-    rows: list[dict[str, Any]]
-    total_count: int | None
-    responses: list[QBOResponse]
-
-    @property
-    def degraded(self) -> bool:
-        """True when any page was answered from the gateway's cache in degraded mode."""
-        return any(r.degraded for r in self.responses)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
 
 # ---- the client ------------------------------------------------------------------------
@@ -218,7 +131,7 @@ class QBOGatewayClient:
 
     async def health(self, realm_id: str) -> dict[str, Any] | None:
         """The realm's health document from the ops listener; None for an unknown realm."""
-        _check_realm(realm_id)
+        check_realm(realm_id)
         url = f"{self.ops_url}/health/business/{realm_id}"
         try:
             async with self._get_session().get(url, timeout=self._timeout) as resp:
@@ -230,7 +143,7 @@ class QBOGatewayClient:
                 f"the gateway's ops listener at {self.ops_url} could not be reached: "
                 f"{type(exc).__name__}"
             ) from exc
-        doc = _json_or_none(body)
+        doc = json_or_none(body)
         if status == 404 and isinstance(doc, dict) and "error" in doc:
             return None  # the health API's own 404: the gateway has never heard of the realm
         if status != 200 or not isinstance(doc, dict) or "status" not in doc:
@@ -281,8 +194,8 @@ class QBOGatewayClient:
         `Cache-Control: no-cache`: the error instead of a cached answer while QBO fails.
         Raises a `QBOGatewayError` subclass for every refusal or fault.
         """
-        _check_realm(realm_id)
-        url = f"{self.proxy_url}/v3/company/{realm_id}/{_check_endpoint(endpoint)}"
+        check_realm(realm_id)
+        url = f"{self.proxy_url}/v3/company/{realm_id}/{check_endpoint(endpoint)}"
         headers = {"Accept": "application/json"}
         if self._key:
             headers["X-QBO-Gateway-Key"] = self._key
@@ -313,7 +226,7 @@ class QBOGatewayClient:
             raise GatewayUnreachable(
                 f"the gateway at {self.proxy_url} could not be reached: {type(exc).__name__}"
             ) from exc
-        return _interpret(status, resp_headers, content)
+        return interpret(status, resp_headers, content)
 
     async def query(
         self,
@@ -331,7 +244,7 @@ class QBOGatewayClient:
         """
         if not all_pages:
             response = await self._query_page(realm_id, sql, allow_stale)
-            return QueryResult(*_rows(response), [response])
+            return QueryResult(*rows_of(response), [response])
         match = _PAGING.search(sql)
         base = sql[: match.start()] if match else sql
         start = int(match["start"]) if match and match["start"] else 1
@@ -345,7 +258,7 @@ class QBOGatewayClient:
             page_sql = f"{base} STARTPOSITION {start} MAXRESULTS {size}"
             response = await self._query_page(realm_id, page_sql, allow_stale)
             responses.append(response)
-            page_entity, rows, page_total = _rows(response)
+            page_entity, rows, page_total = rows_of(response)
             entity = entity or page_entity
             total = page_total if page_total is not None else total
             all_rows.extend(rows)
@@ -367,147 +280,6 @@ class QBOGatewayClient:
         )
 
 
-def gateway_error_hook(response: Any, *args: Any, **kwargs: Any) -> Any:
-    """A `requests` response hook that raises this module's typed gateway errors.
-
-    Optional: python-quickbooks already raises its own `QuickbooksException` (with the
-    numeric code) for a gateway refusal. A service that would rather catch `RateLimited`,
-    `CircuitOpen`, `ReconnectRequired`, ... (with `retry_after` and the `GW-` name) appends
-    this to the SDK session's `hooks["response"]`. QBO's own answers are left to the SDK.
-    Duck-typed (`status_code`, `headers`, `content`), so this module does not depend on
-    requests.
-    """
-    if response.headers.get("X-QBO-Gateway-Error"):
-        _interpret(int(response.status_code), response.headers, bytes(response.content))
-    return response
-
-
 def get_qbo_connection_manager(db: object = None, **kwargs: Any) -> QBOGatewayClient:
     """Drop-in for the original `get_qbo_connection_manager(db)`; `db` is no longer needed."""
     return QBOGatewayClient(**kwargs)
-
-
-# ---- answer reading ----------------------------------------------------------------------
-
-
-def _check_realm(realm_id: str) -> None:
-    if not isinstance(realm_id, str) or not _REALM.match(realm_id):
-        raise ValueError("realm_id must be a string of digits")
-
-
-def _check_endpoint(endpoint: str) -> str:
-    """Keep the call inside the realm: no `.`/`..`/empty segments, no scheme or host."""
-    path, sep, query = endpoint.lstrip("/").partition("?")
-    segments = path.split("/")
-    if not path or any(s in ("", ".", "..") for s in segments) or "\\" in path or ":" in path:
-        raise ValueError(f"endpoint must be a path below the realm, not {endpoint!r}")
-    return path + sep + query
-
-
-def _json_or_none(body: bytes) -> Any:
-    if body.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return jsonlib.loads(body)
-    except ValueError:
-        return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: QBO and the gateway send seconds; ignore the odd one
-
-
-def _fault_errors(doc: Any) -> tuple[dict[str, str], ...] | None:
-    """QBO's errors in either key casing (`Fault.Error` or `fault.error`); None if no fault."""
-    if not isinstance(doc, dict):
-        return None
-    fault = doc.get("Fault", doc.get("fault"))
-    if not isinstance(fault, dict):
-        return None
-    items = fault.get("Error", fault.get("error"))
-    if isinstance(items, dict):
-        items = [items]
-    out: list[dict[str, str]] = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict):
-            low = {str(k).lower(): v for k, v in item.items()}
-            out.append(
-                {
-                    "code": str(low.get("code") or ""),
-                    "message": str(low.get("message") or ""),
-                    "detail": str(low.get("detail") or ""),
-                }
-            )
-    return tuple(out)
-
-
-def _gateway_name(doc: Any, code: str) -> str | None:
-    """The `GW-` name of a "GatewayFault" body whose header was lost on the way."""
-    fault = doc.get("Fault", doc.get("fault")) if isinstance(doc, dict) else None
-    if not isinstance(fault, dict) or fault.get("type", fault.get("Type")) != "GatewayFault":
-        return None
-    return FAULT_CODE_NAMES.get(code, "GW-UNKNOWN")
-
-
-def _interpret(status: int, headers: Mapping[str, str], content: bytes) -> QBOResponse:
-    doc = _json_or_none(content)
-    meta: dict[str, Any] = {
-        "request_id": headers.get("X-Request-Id"),
-        "intuit_tid": headers.get("intuit_tid"),
-    }
-    errors = _fault_errors(doc)
-    first = errors[0] if errors else {"code": "", "message": "", "detail": ""}
-    retry_after = _retry_after(headers.get("Retry-After"))
-    gw_code = headers.get("X-QBO-Gateway-Error") or _gateway_name(doc, first["code"])
-    if gw_code:
-        cls = GW_CODES.get(gw_code, GatewayFault)
-        raise cls(
-            first["message"] or f"the gateway refused the request (HTTP {status})",
-            status=status,
-            code=gw_code,
-            fault_code=first["code"] or None,
-            detail=first["detail"],
-            retry_after=retry_after,
-            **meta,
-        )
-    if status >= 400 or errors:
-        message = first["message"] or f"QuickBooks answered HTTP {status}"
-        detail = first["detail"] or ("" if errors else content[:200].decode("utf-8", "replace"))
-        fault_cls = QBOThrottled if status == 429 or first["code"] == "3001" else QBOFault
-        raise fault_cls(
-            message,
-            errors=errors or (),
-            status=status,
-            code=first["code"] or None,
-            detail=detail,
-            retry_after=retry_after,
-            **meta,
-        )
-    age = headers.get("Age")
-    degraded = headers.get("X-QBO-Gateway-Degraded")
-    return QBOResponse(
-        data=doc,
-        status=status,
-        degraded=degraded is not None,
-        degraded_reason=degraded,
-        age=int(age) if age is not None and age.isdigit() else None,
-        cache_status=headers.get("Cache-Status"),
-        content=content,
-        **meta,
-    )
-
-
-def _rows(response: QBOResponse) -> tuple[str | None, list[dict[str, Any]], int | None]:
-    qr = response.get("QueryResponse")
-    if not isinstance(qr, dict):
-        return None, [], None
-    total = qr.get("totalCount")
-    for key, value in qr.items():
-        if key not in _QUERY_META and isinstance(value, list):
-            return key, value, total if isinstance(total, int) else None
-    return None, [], total if isinstance(total, int) else None
