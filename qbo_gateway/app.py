@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.admission.records import AdmissionPolicy
 from qbo_gateway.backends import StateBackends, build_backends
+from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
 from qbo_gateway.edge.server import set_edge_limits
 from qbo_gateway.gateway import Gateway, add_readiness_checks, store_durability
@@ -27,7 +28,9 @@ from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, buil
 from qbo_gateway.logs import failure, register_secrets
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth.connect import ConnectFlow
+from qbo_gateway.oauth.intuit import OAuthClient
 from qbo_gateway.oauth.wiring import connect_flow, oauth_client
+from qbo_gateway.observe import Observer
 from qbo_gateway.ops.listener import Readiness
 from qbo_gateway.ops.wiring import ops_app
 from qbo_gateway.proxy.handler import Proxy
@@ -56,68 +59,67 @@ async def build_gateway(
     for all replicas, as in production); by default they do unless a test injects a clock."""
     clock = clock or SystemClock()
     register_secrets(_secret_values(settings))
-    metrics = Metrics(registry)
-    session = session or make_session(pool_size=settings.upstream_pool_size)
-    policy = admission_policy(settings)
+    core = _Core(
+        settings,
+        clock,
+        Metrics(registry),
+        session or make_session(pool_size=settings.upstream_pool_size),
+        admission_policy(settings),
+    )
     use_time = isinstance(clock, SystemClock) if redis_time is None else redis_time
-    backends = _backends(settings, policy, clock, metrics, redis_prefix, use_time)
+    backends = _backends(core, redis_prefix, use_time)
     late = _LateBound()
-    health = _health(settings, backends, late, clock, metrics, session, policy)
-    observer = health.observer
-    oauth = oauth_client(settings, session, clock)
-    tokens = late.tokens = build_token_manager(
-        settings,
-        store=backends.tokens,
-        locks=backends.locks,
-        availability=backends.availability,
-        oauth=oauth,
-        clock=clock,
-        metrics=metrics,
-        observer=observer,
-    )
-    admitter = Admitter(
-        backends.admission, policy=policy, clock=clock, metrics=metrics, observer=observer
-    )
-    cache = response_cache(
-        settings, backends.cache, clock=clock, metrics=metrics, observer=observer
-    )
-    upstream = Upstream(session)
-    proxy = late.proxy = build_proxy(
-        settings,
-        tokens=tokens,
-        upstream=upstream,
-        gate=admitter,
-        cache=cache,
-        clock=clock,
-        metrics=metrics,
-        observer=observer,
-    )
+    health = _health(core, backends, late)
+    oauth = oauth_client(settings, core.session, clock)
+    tokens = late.tokens = _token_manager(core, backends, oauth, health.observer)
+    path = late.path = _request_path(core, backends, tokens, health.observer)
     flow = connect_flow(
         settings, oauth=oauth, tokens=tokens, redis=backends.redis, keys=backends.keys, clock=clock
     )
     readiness = Readiness()
-    apps = _applications(settings, proxy, readiness, metrics, tokens, flow, health)
+    proxy_listener, ops_listener = _applications(core, path.proxy, readiness, tokens, flow, health)
     gateway = Gateway(
         settings=settings,
         clock=clock,
-        metrics=metrics,
+        metrics=core.metrics,
         readiness=readiness,
-        session=session,
-        upstream=upstream,
+        session=core.session,
+        upstream=path.upstream,
         store=backends.tokens,
         locks=backends.locks,
         tokens=tokens,
-        admitter=admitter,
-        cache=cache,
+        admitter=path.admitter,
+        cache=path.cache,
         health=health,
-        proxy=proxy,
-        proxy_app=apps[0],
-        ops_app=apps[1],
+        proxy=path.proxy,
+        proxy_app=proxy_listener,
+        ops_app=ops_listener,
         availability=backends.availability,
         redis=backends.redis,
     )
     await _start(gateway, backends)
     return gateway
+
+
+@dataclass(frozen=True)
+class _Core:
+    """What every subsystem's builder is handed."""
+
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    session: aiohttp.ClientSession
+    policy: AdmissionPolicy
+
+
+@dataclass(frozen=True)
+class _RequestPath:
+    """The parts a proxied request goes through, in order."""
+
+    admitter: Admitter
+    cache: ResponseCache
+    upstream: Upstream
+    proxy: Proxy
 
 
 def _secret_values(settings: Settings) -> list[str | None]:
@@ -132,14 +134,8 @@ def _secret_values(settings: Settings) -> list[str | None]:
     ]
 
 
-def _backends(
-    settings: Settings,
-    policy: AdmissionPolicy,
-    clock: Clock,
-    metrics: Metrics,
-    redis_prefix: str | None,
-    redis_time: bool,
-) -> StateBackends:
+def _backends(core: _Core, redis_prefix: str | None, redis_time: bool) -> StateBackends:
+    settings = core.settings
     return build_backends(
         topology=settings.redis_topology,
         prefix=redis_prefix or settings.redis_prefix,
@@ -148,10 +144,10 @@ def _backends(
         history_seconds=settings.health_history_seconds,
         cache_max_bytes=settings.cache_max_bytes,
         cipher=token_cipher(settings),
-        policy=policy,
-        clock=clock,
-        script_clock=None if redis_time else clock,
-        metrics=metrics,
+        policy=core.policy,
+        clock=core.clock,
+        script_clock=None if redis_time else core.clock,
+        metrics=core.metrics,
     )
 
 
@@ -159,7 +155,7 @@ def _backends(
 class _LateBound:
     """What health asks of the proxy and the token manager, which are built after it."""
 
-    proxy: Proxy | None = None
+    path: _RequestPath | None = None
     tokens: TokenManager | None = None
 
     def _manager(self) -> TokenManager:
@@ -167,8 +163,8 @@ class _LateBound:
         return self.tokens
 
     async def probe(self, realm_id: str) -> None:
-        assert self.proxy is not None, "bound in build_gateway, before anything runs"
-        await self.proxy.probe(realm_id)
+        assert self.path is not None, "bound in build_gateway, before anything runs"
+        await self.path.proxy.probe(realm_id)
 
     async def realm_ids(self) -> list[str]:
         return await self._manager().realm_ids()
@@ -180,21 +176,13 @@ class _LateBound:
         return await self._manager().status(realm_id)
 
 
-def _health(
-    settings: Settings,
-    backends: StateBackends,
-    late: _LateBound,
-    clock: Clock,
-    metrics: Metrics,
-    session: aiohttp.ClientSession,
-    policy: AdmissionPolicy,
-) -> Health:
+def _health(core: _Core, backends: StateBackends, late: _LateBound) -> Health:
     availability = backends.availability
     return build_health(
-        HealthOptions.from_settings(settings),
+        HealthOptions.from_settings(core.settings),
         store=backends.health,
-        clock=clock,
-        metrics=metrics,
+        clock=core.clock,
+        metrics=core.metrics,
         sources=HealthSources(
             realm_ids=late.realm_ids,
             token_statuses=late.token_statuses,
@@ -202,21 +190,60 @@ def _health(
             load=backends.admission.load,
             probe=late.probe,
         ),
-        session=session,
-        policy=policy,
+        session=core.session,
+        policy=core.policy,
         backend_up=lambda: availability.up,
     )
 
 
+def _token_manager(
+    core: _Core, backends: StateBackends, oauth: OAuthClient, observer: Observer
+) -> TokenManager:
+    return build_token_manager(
+        core.settings,
+        store=backends.tokens,
+        locks=backends.locks,
+        availability=backends.availability,
+        oauth=oauth,
+        clock=core.clock,
+        metrics=core.metrics,
+        observer=observer,
+    )
+
+
+def _request_path(
+    core: _Core, backends: StateBackends, tokens: TokenManager, observer: Observer
+) -> _RequestPath:
+    clock, metrics = core.clock, core.metrics
+    admitter = Admitter(
+        backends.admission, policy=core.policy, clock=clock, metrics=metrics, observer=observer
+    )
+    cache = response_cache(
+        core.settings, backends.cache, clock=clock, metrics=metrics, observer=observer
+    )
+    upstream = Upstream(core.session)
+    proxy = build_proxy(
+        core.settings,
+        tokens=tokens,
+        upstream=upstream,
+        gate=admitter,
+        cache=cache,
+        clock=clock,
+        metrics=metrics,
+        observer=observer,
+    )
+    return _RequestPath(admitter, cache, upstream, proxy)
+
+
 def _applications(
-    settings: Settings,
+    core: _Core,
     proxy: Proxy,
     readiness: Readiness,
-    metrics: Metrics,
     tokens: TokenManager,
     flow: ConnectFlow,
     health: Health,
 ) -> tuple[web.Application, web.Application]:
+    settings, metrics = core.settings, core.metrics
     proxy_listener = proxy_app(settings, proxy)
     ops_listener = ops_app(
         settings, readiness=readiness, metrics=metrics, tokens=tokens, flow=flow, health=health
