@@ -22,6 +22,8 @@ from qbo_gateway.admission.records import AdmissionPolicy
 from qbo_gateway.backends import StateBackends, build_backends
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
+from qbo_gateway.economy.meter import Meter
+from qbo_gateway.economy.wiring import build_meter
 from qbo_gateway.edge.server import set_edge_limits
 from qbo_gateway.gateway import Gateway, add_readiness_checks, store_durability
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
@@ -70,9 +72,10 @@ async def build_gateway(
     backends = _backends(core, redis_prefix, use_time)
     late = _LateBound()
     health = _health(core, backends, late)
+    meter = build_meter(settings, backends.meter, clock=clock, metrics=core.metrics, health=health)
     oauth = oauth_client(settings, core.session, clock)
     tokens = late.tokens = _token_manager(core, backends, oauth, health.observer)
-    path = late.path = _request_path(core, backends, tokens, health.observer)
+    path = late.path = _request_path(core, backends, tokens, health.observer, meter)
     flow = connect_flow(
         settings, oauth=oauth, tokens=tokens, redis=backends.redis, keys=backends.keys, clock=clock
     )
@@ -91,6 +94,7 @@ async def build_gateway(
         admitter=path.admitter,
         cache=path.cache,
         health=health,
+        meter=meter,
         proxy=path.proxy,
         proxy_app=proxy_listener,
         ops_app=ops_listener,
@@ -212,7 +216,7 @@ def _token_manager(
 
 
 def _request_path(
-    core: _Core, backends: StateBackends, tokens: TokenManager, observer: Observer
+    core: _Core, backends: StateBackends, tokens: TokenManager, observer: Observer, meter: Meter
 ) -> _RequestPath:
     clock, metrics = core.clock, core.metrics
     admitter = Admitter(
@@ -231,6 +235,7 @@ def _request_path(
         clock=clock,
         metrics=metrics,
         observer=observer,
+        meter=meter,
     )
     return _RequestPath(admitter, cache, upstream, proxy)
 

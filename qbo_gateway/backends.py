@@ -20,6 +20,9 @@ from qbo_gateway.cache.backend_redis import RedisCacheBackend
 from qbo_gateway.cache.fallback import FallbackCache
 from qbo_gateway.cache.records import CacheBackend
 from qbo_gateway.clock import Clock
+from qbo_gateway.economy.backend_memory import MemoryMeterBackend
+from qbo_gateway.economy.backend_redis import RedisMeterBackend
+from qbo_gateway.economy.records import MeterBackend
 from qbo_gateway.health.store_fallback import FallbackHealthStore
 from qbo_gateway.health.store_memory import HealthStore, MemoryHealthStore
 from qbo_gateway.health.store_redis import RedisHealthStore
@@ -45,6 +48,7 @@ class StateBackends:
     admission: AdmissionBackend
     cache: CacheBackend
     health: HealthStore
+    meter: MeterBackend
 
 
 def build_backends(
@@ -73,6 +77,7 @@ def build_backends(
             admission=MemoryAdmission(policy, clock=clock),
             cache=MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),
             health=MemoryHealthStore(history_seconds=history_seconds),
+            meter=MemoryMeterBackend(),
         )
     redis = connect_redis(topology)
 
@@ -101,4 +106,6 @@ def build_backends(
             MemoryHealthStore(history_seconds=history_seconds),
             availability=availability,
         ),
+        # No in-process fallback: while Redis is down the meter keeps its counts pending.
+        meter=RedisMeterBackend(redis, keys),
     )

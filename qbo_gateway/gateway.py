@@ -22,6 +22,7 @@ from aiohttp import web
 from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock
+from qbo_gateway.economy.meter import Meter
 from qbo_gateway.health.wiring import Health
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.ops.listener import ComponentState, Readiness
@@ -51,6 +52,7 @@ class Gateway:
     admitter: Admitter
     cache: ResponseCache
     health: Health
+    meter: Meter
     proxy: Proxy
     proxy_app: web.Application
     ops_app: web.Application
@@ -78,6 +80,7 @@ class Gateway:
         # A refresh in flight is never cut off: its new pair must be stored first.
         await self.tokens.drain()
         await self.admitter.drain()
+        await self.meter.close()
         await self.health.close()
         for closer in reversed(self.closers):
             with contextlib.suppress(Exception):

@@ -30,6 +30,9 @@ METRIC_NAMES = (
     "qbo_gateway_cache_bytes",
     "qbo_gateway_alert_deliveries_total",
     "qbo_gateway_health_checks_total",
+    "qbo_gateway_coreplus_calls_total",
+    "qbo_gateway_core_calls_total",
+    "qbo_gateway_coreplus_month_calls",
 )
 
 
@@ -40,6 +43,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._request_metrics()
         self._state_metrics()
+        self._economy_metrics()
         self._initial_values()
 
     def _request_metrics(self) -> None:
@@ -116,6 +120,22 @@ class Metrics:
             "qbo_gateway_health_checks", "Monitor probes by result", "result"
         )
 
+    def _economy_metrics(self) -> None:
+        """The app's metered (CorePlus) reads: calls by source and the month's figures."""
+        self.coreplus_calls = self._counter(
+            "qbo_gateway_coreplus_calls",
+            "Metered (CorePlus) calls QBO answered, by source (caller, probe)",
+            "source",
+        )
+        self.core_calls = self._counter(
+            "qbo_gateway_core_calls", "Unmetered (Core) calls QBO answered: creates, updates"
+        )
+        self.coreplus_month = self._gauge(
+            "qbo_gateway_coreplus_month_calls",
+            "The month's metered calls, fleet-wide: used, limit, projected (month-end)",
+            "figure",
+        )
+
     def _counter(self, name: str, doc: str, *labels: str) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)
 
@@ -133,3 +153,7 @@ class Metrics:
         for status in ("healthy", "degraded", "unhealthy", "needs_reconnect"):
             self.realms.labels(status=status).set(0)
         self.state_backend_up.set(1)
+        for source in ("caller", "probe"):
+            self.coreplus_calls.labels(source=source)
+        for figure in ("used", "limit", "projected"):
+            self.coreplus_month.labels(figure=figure).set(0)

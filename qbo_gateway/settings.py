@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -160,6 +161,11 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     cache_max_entry_bytes: int = Field(1024 * 1024, ge=0)
 
+    # read economy (metered CorePlus reads)
+    coreplus_monthly_limit: int = Field(500_000, ge=1)
+    coreplus_timezone: str = "UTC"  # the calendar month Intuit meters in
+    coreplus_guard: Literal["off", "stale", "background", "both"] = "stale"
+
     # health
     monitor_interval_seconds: float = Field(300.0, gt=0)
     monitor_autostart: bool = True
@@ -214,6 +220,24 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a readable file")
         return value
+
+    @field_validator("coreplus_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value.upper() == "UTC":
+            return "UTC"
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a time zone name (e.g. UTC, America/New_York)"
+            ) from None
+        return value
+
+    @field_validator("coreplus_guard", mode="before")
+    @classmethod
+    def _guard(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("realm_id")
     @classmethod

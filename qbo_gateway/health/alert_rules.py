@@ -21,7 +21,11 @@ AlertKind = Literal[
     "refresh_failing",
     "refresh_token_expiring",
     "throttled",
+    "coreplus_usage",
+    "coreplus_projection",
 ]
+# The realm id of an alert about the whole app (the month's metered reads), not one realm.
+APP_WIDE = "*"
 # Kinds that mean the realm cannot reach QuickBooks: they make incidents (uptime, MTTR).
 OUTAGE_KINDS = frozenset({"consecutive_failures", "circuit_open", "reconnect_required"})
 

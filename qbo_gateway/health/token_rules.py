@@ -16,7 +16,7 @@ from dataclasses import replace
 import structlog
 
 from qbo_gateway.clock import Clock
-from qbo_gateway.health.alert_rules import AlertThresholds, expiry_severity
+from qbo_gateway.health.alert_rules import APP_WIDE, AlertThresholds, expiry_severity
 from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.logs import failure
@@ -174,7 +174,7 @@ class TokenRules:
                 self.alerts.set_condition(realm_id, "refresh_failing", None)
             self.evaluate_expiry(realm_id, now)
         for realm_id in list(self.alerts.realms_with_alerts()):
-            if realm_id not in table.realms:
+            if realm_id not in table.realms and realm_id != APP_WIDE:
                 self.alerts.clear_realm(realm_id)
 
     async def refresh_quietly(self) -> None:

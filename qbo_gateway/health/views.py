@@ -8,6 +8,7 @@ only for the asked page.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from qbo_gateway.clock import Clock
@@ -49,6 +50,15 @@ class HealthViews:
         self.cycle = cycle
         self.clock = clock
         self.metrics = metrics
+        # App-wide sections other packages add (the read economy's `coreplus`).
+        self._sections: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+
+    def add_section(self, name: str, build: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """A section of the summary and the dashboard that another package builds."""
+        self._sections[name] = build
+
+    async def _extra(self) -> dict[str, Any]:
+        return {name: await build() for name, build in self._sections.items()}
 
     async def summary(self) -> dict[str, Any]:
         await self.tokens.refresh_quietly()
@@ -71,6 +81,7 @@ class HealthViews:
                 "items": [alert_json(a) for a in active[:100]],
                 "truncated": len(active) > 100,
             },
+            **await self._extra(),
         }
 
     async def dashboard(
@@ -140,6 +151,7 @@ class HealthViews:
             "realms_total": len(selected),
             "offset": offset,
             "limit": limit,
+            **await self._extra(),
         }
 
     def _alert_counts(self) -> dict[str, Any]:

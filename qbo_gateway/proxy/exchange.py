@@ -55,6 +55,19 @@ class AdmissionGate(Protocol):
     ) -> None: ...
 
 
+class CallMeter(Protocol):
+    """Counts each call QBO answers (`economy.meter.Meter`); no I/O on the way."""
+
+    def count(
+        self, realm_id: str, caller: str, rest: str, *, coreplus: bool, probe: bool
+    ) -> None: ...
+
+
+class _NoMeter:
+    def count(self, realm_id: str, caller: str, rest: str, *, coreplus: bool, probe: bool) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class QboRequest:
     """What is sent to QBO for one caller request, the same for every attempt."""
@@ -65,6 +78,8 @@ class QboRequest:
     body: bytes | None
     deadline: float  # on the injected clock's monotonic time
     read: bool  # safe to repeat and to cache (`paths.is_read`)
+    caller: str = ""  # the caller's name, for the meter
+    probe: bool = False  # the gateway's own monitor probe
 
 
 def _no_deadline() -> float:
@@ -171,8 +186,10 @@ class QboCaller:
         metrics: Metrics,
         gate: AdmissionGate,
         retry: RetryPolicy,
+        meter: CallMeter | None = None,
     ) -> None:
         self.api_base = api_base.rstrip("/")
+        self.meter: CallMeter = meter or _NoMeter()
         self.minor_version = minor_version
         self.tokens = tokens
         self.upstream = upstream
@@ -256,6 +273,11 @@ class QboCaller:
             return None
         elapsed = self.clock.monotonic() - t0
         rec.upstream_seconds += elapsed
+        # Every attempt QBO answered is a call Intuit counts, retries and replays included.
+        target = req.target
+        self.meter.count(
+            target.realm_id, req.caller, target.rest, coreplus=req.read, probe=req.probe
+        )
         return response, elapsed
 
     async def _received(

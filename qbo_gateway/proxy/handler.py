@@ -33,7 +33,13 @@ from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import NullObserver, Observer
 from qbo_gateway.proxy.access_log import AccessLog, RequestRecord
 from qbo_gateway.proxy.callers import CallerRegistry
-from qbo_gateway.proxy.exchange import AdmissionGate, QboCaller, QboRequest, TokenSource
+from qbo_gateway.proxy.exchange import (
+    AdmissionGate,
+    CallMeter,
+    QboCaller,
+    QboRequest,
+    TokenSource,
+)
 from qbo_gateway.proxy.paths import Target, check_path, forward_headers, is_read
 from qbo_gateway.proxy.relay import Relay, relay
 from qbo_gateway.proxy.upstream import Upstream
@@ -59,6 +65,7 @@ class Proxy:
         max_body_bytes: int,
         request_timeout: float,
         observer: Observer | None = None,
+        meter: CallMeter | None = None,
     ) -> None:
         self.callers = callers
         self.clock = clock
@@ -72,6 +79,7 @@ class Proxy:
             metrics=metrics,
             gate=gate,
             retry=retry,
+            meter=meter,
         )
         self.reads = ReadThrough(cache, self.caller)
         self.access = AccessLog(metrics=metrics, observer=self.observer)
@@ -89,7 +97,7 @@ class Proxy:
             rec.caller = caller.name
             self.callers.authorize(caller, target.realm_id)
             body = await self._read_body(request)
-            req = self._outgoing(request, target, body)
+            req = self._outgoing(request, target, body, caller.name)
             answer = await self.reads.send(req, request.headers.get("Cache-Control"), rec)
             response = await relay(request, answer, rec) if isinstance(answer, Relay) else answer
         except GatewayError as err:
@@ -131,14 +139,16 @@ class Proxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _outgoing(self, request: web.Request, target: Target, body: bytes | None) -> QboRequest:
+    def _outgoing(
+        self, request: web.Request, target: Target, body: bytes | None, caller: str
+    ) -> QboRequest:
         read = is_read(request.method, target.rest)
         if not read:
             # One requestid per logical write, kept across retries, so QBO can de-duplicate.
             target = target.with_requestid(lambda: uuid.uuid4().hex)
         deadline = self.clock.monotonic() + self.request_timeout
         headers = forward_headers(request.headers)
-        return QboRequest(request.method, target, headers, body, deadline, read)
+        return QboRequest(request.method, target, headers, body, deadline, read, caller)
 
     # --- monitor probes ----------------------------------------------------------------
 
@@ -149,7 +159,7 @@ class Proxy:
         rec.realm_id = realm_id
         headers: CIMultiDict[str] = CIMultiDict({"Accept": "application/json"})
         deadline = self.clock.monotonic() + self.request_timeout
-        req = QboRequest("GET", target, headers, None, deadline, read=True)
+        req = QboRequest("GET", target, headers, None, deadline, read=True, probe=True)
         started = time.perf_counter()
         status = 0
         try:

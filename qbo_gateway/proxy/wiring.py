@@ -15,6 +15,7 @@ from qbo_gateway.log_foreign import set_caller_key_hashes
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import Observer
 from qbo_gateway.proxy.callers import CallerRegistry, load_callers
+from qbo_gateway.proxy.exchange import CallMeter
 from qbo_gateway.proxy.handler import Proxy
 from qbo_gateway.proxy.upstream import Upstream
 from qbo_gateway.settings import Settings
@@ -73,6 +74,7 @@ def build_proxy(
     clock: Clock,
     metrics: Metrics,
     observer: Observer,
+    meter: CallMeter | None = None,
 ) -> Proxy:
     return Proxy(
         api_base=settings.api_base,
@@ -86,6 +88,7 @@ def build_proxy(
         gate=gate,
         retry=RetryPolicy(budget=RetryBudget(ratio=settings.retry_budget_ratio)),
         cache=cache,
+        meter=meter,
         max_body_bytes=settings.max_body_bytes,
         request_timeout=settings.request_timeout_seconds,
     )

@@ -61,6 +61,10 @@ class RedisKeys:
     def monitor_lease(self, realm_id: str) -> str:
         return self.realm_key(realm_id, "monitor-lease")
 
+    # read economy: one hash per calendar month, its own hash tag (one Cluster slot)
+    def coreplus_month(self, month: str) -> str:
+        return f"{self.prefix}:{{qbo-economy}}:coreplus:{month}"
+
     # oauth connect flow
     def oauth_state(self, state: str) -> str:
         return f"{self.prefix}:oauth-state:{state}"
