@@ -49,6 +49,21 @@ def proxy_edge() -> Middleware:
     return edge
 
 
+def http_exception_fault(request: web.BaseRequest, exc: web.HTTPException) -> web.Response:
+    """aiohttp's refusal (no route, wrong method, bad Expect...) as the gateway's fault."""
+    headers = {"X-Request-Id": request_id_of(request.headers)}
+    if exc.status == 405:
+        headers["Allow"] = exc.headers.get("Allow", "")
+        return gateway_fault(
+            "GW-METHOD-NOT-ALLOWED", 405, "The method is not allowed", headers=headers
+        )
+    if exc.status == 404:
+        return gateway_fault("GW-NOT-FOUND", 404, "No such route", headers=headers)
+    if exc.status < 500:
+        return gateway_fault("GW-BAD-PATH", exc.status, exc.reason, headers=headers)
+    return gateway_fault("GW-INTERNAL", 500, "The gateway failed", headers=headers)
+
+
 def ops_edge() -> Middleware:
     """The ops listener's router refusals (no such route, wrong method) as faults."""
 
@@ -59,17 +74,7 @@ def ops_edge() -> Middleware:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            headers = {"X-Request-Id": _rid(request)}
-            if exc.status == 405:
-                headers["Allow"] = exc.headers.get("Allow", "")
-                return gateway_fault(
-                    "GW-METHOD-NOT-ALLOWED", 405, "The method is not allowed", headers=headers
-                )
-            if exc.status == 404:
-                return gateway_fault("GW-NOT-FOUND", 404, "No such route", headers=headers)
-            if exc.status < 500:
-                return gateway_fault("GW-BAD-PATH", exc.status, exc.reason, headers=headers)
-            return gateway_fault("GW-INTERNAL", 500, "The gateway failed", headers=headers)
+            return http_exception_fault(request, exc)
 
     return edge
 

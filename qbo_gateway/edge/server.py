@@ -15,6 +15,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 from prometheus_client import CollectorRegistry, Counter
 
+from qbo_gateway.edge.answers import http_exception_fault
 from qbo_gateway.edge.protocol import EdgeLimits, EdgeRequestHandler
 
 # An idle keep-alive connection is closed after this long (nginx's default). aiohttp's own
@@ -56,8 +57,20 @@ class EdgeRunner(web.AppRunner):
 
     async def _make_server(self) -> Server:
         base = await super()._make_server()
+        app_handler = base.request_handler
+
+        async def handler(request: web.BaseRequest) -> web.StreamResponse:
+            # Refusals aiohttp raises before any middleware runs (an unknown `Expect`)
+            # would otherwise go out as its plain text.
+            try:
+                return await app_handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                return http_exception_fault(request, exc)
+
         return EdgeServer(
-            base.request_handler,
+            handler,
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
             loop=asyncio.get_running_loop(),

@@ -32,7 +32,7 @@ from qbo_gateway.faults import (
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import NullObserver, Observer
 from qbo_gateway.proxy.access_log import AccessLog, RequestRecord
-from qbo_gateway.proxy.callers import CallerRegistry
+from qbo_gateway.proxy.callers import CallerRegistry, presented_key
 from qbo_gateway.proxy.exchange import (
     AdmissionGate,
     CallMeter,
@@ -147,7 +147,8 @@ class Proxy:
             # One requestid per logical write, kept across retries, so QBO can de-duplicate.
             target = target.with_requestid(lambda: uuid.uuid4().hex)
         deadline = self.clock.monotonic() + self.request_timeout
-        headers = forward_headers(request.headers)
+        withhold = None if self.callers.open_mode else presented_key(request.headers)
+        headers = forward_headers(request.headers, withhold=withhold)
         return QboRequest(request.method, target, headers, body, deadline, read, caller)
 
     # --- monitor probes ----------------------------------------------------------------

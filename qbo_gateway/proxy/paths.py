@@ -142,12 +142,19 @@ def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     return named
 
 
-def forward_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
+def forward_headers(
+    incoming: CIMultiDictProxy[str] | CIMultiDict[str], *, withhold: str | None = None
+) -> CIMultiDict[str]:
+    """The caller's headers QBO may see. `withhold`: the caller's key, dropped from any
+    header it appears in (a caller that copies its key into another header by mistake
+    must not have it sent to Intuit)."""
     dropped = HOP_BY_HOP | _NOT_FORWARDED | _connection_named(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
         if lower in dropped or lower.startswith("x-forwarded-"):
+            continue
+        if withhold and withhold in value:
             continue
         out.add(name, value)
     # No Accept, or "anything", would get XML from QBO; SDKs and callers here expect JSON.
