@@ -146,6 +146,7 @@ def _backends(core: _Core, redis_prefix: str | None, redis_time: bool) -> StateB
         state_dir=settings.state_dir,
         replica_count=settings.replica_count,
         history_seconds=settings.health_history_seconds,
+        bucket_seconds=settings.health_bucket_seconds,
         cache_max_bytes=settings.cache_max_bytes,
         cipher=token_cipher(settings),
         policy=core.policy,

@@ -58,6 +58,7 @@ def build_backends(
     state_dir: Path,
     replica_count: int,
     history_seconds: float,
+    bucket_seconds: float = 60.0,
     cache_max_bytes: int,
     cipher: TokenCipher,
     policy: AdmissionPolicy,
@@ -76,7 +77,9 @@ def build_backends(
             locks=MemoryLocks(clock),
             admission=MemoryAdmission(policy, clock=clock),
             cache=MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),
-            health=MemoryHealthStore(history_seconds=history_seconds),
+            health=MemoryHealthStore(
+                history_seconds=history_seconds, bucket_seconds=bucket_seconds
+            ),
             meter=MemoryMeterBackend(),
         )
     redis = connect_redis(topology)
@@ -102,8 +105,10 @@ def build_backends(
             availability=availability,
         ),
         health=FallbackHealthStore(
-            RedisHealthStore(redis, history_seconds=history_seconds, keys=keys),
-            MemoryHealthStore(history_seconds=history_seconds),
+            RedisHealthStore(
+                redis, history_seconds=history_seconds, keys=keys, bucket_seconds=bucket_seconds
+            ),
+            MemoryHealthStore(history_seconds=history_seconds, bucket_seconds=bucket_seconds),
             availability=availability,
         ),
         # No in-process fallback: while Redis is down the meter keeps its counts pending.

@@ -154,11 +154,15 @@ def fail(monitor: Health, realm_id: str) -> None:
 @pytest.fixture(params=["memory", *REDIS_TARGETS])
 async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[HealthStore]:
     if request.param == "memory":
-        yield MemoryHealthStore(history_seconds=100.0, max_entries_per_realm=5)
+        yield MemoryHealthStore(history_seconds=100.0, bucket_seconds=10.0, recent_events=5)
         return
     redis = redis_target(request, request.param).client()
     yield RedisHealthStore(
-        redis, history_seconds=100.0, keys=RedisKeys(redis_prefix), max_entries_per_realm=5
+        redis,
+        history_seconds=100.0,
+        keys=RedisKeys(redis_prefix),
+        bucket_seconds=10.0,
+        recent_events=5,
     )
     await redis.aclose()
 
@@ -447,7 +451,7 @@ async def test_status_derivation_and_summary_counts() -> None:
     assert realm_status(monitor.table, monitor.alerts, "4", gw.clock.now()) == "healthy"
 
 
-async def test_sla_uptime_latency_and_recovery() -> None:
+async def test_sla_uptime_latency_detection_and_recovery() -> None:
     gw = FakeGateway(ManualClock())
     gw.add_realm("1")
     gw.add_realm("2")
@@ -458,35 +462,46 @@ async def test_sla_uptime_latency_and_recovery() -> None:
     gw.clock.advance(1000)
     fail(monitor, "1")
     gw.clock.advance(30)
-    fail(monitor, "1")  # warning raised; the incident started at the first failure
-    gw.clock.advance(90)
-    ok(monitor, "1")  # recovered after 120 s
-    gw.clock.advance(2480)  # the window (3600 s) is now full
+    fail(monitor, "1")  # warning raised 30 s after the incident's first failure
+    gw.clock.advance(10)
+    monitor.observer.breaker_changed("1", BreakerState.OPEN)
+    gw.clock.advance(80)
+    monitor.observer.breaker_changed("1", BreakerState.CLOSED)  # open 80 s
+    ok(monitor, "1")  # recovered 120 s after the first failure
+    gw.clock.advance(2479)  # the window (3600 s) still holds the first requests
+    await monitor.flush()
     board = await monitor.views.dashboard()
     sla = board["sla"]
+    assert sla["window_seconds"] == 3599.0
     assert sla["incidents"] == 1
-    assert sla["mttr_seconds"] == 120.0
-    # Two realms over 3600 s with 120 s down on one: 1 - 120 / 7200.
-    assert sla["uptime_ratio"] == pytest.approx(1 - 120 / 7200, abs=1e-6)
-    assert sla["targets"]["uptime_ratio"]["met"] is False
-    assert sla["targets"]["mttr_seconds"]["met"] is True
+    assert sla["time_to_detect_seconds"] == {"worst": 30.0, "average": 30.0, "count": 1}
+    assert sla["mttr_seconds"] == 80.0
+    # Two realms over 3599 s with 120 s down on one.
+    assert sla["uptime_ratio"] == pytest.approx(1 - 120 / 7198, abs=1e-6)
+    assert sla["downtime_seconds"] == 120.0
+    targets = sla["targets"]
+    assert targets["uptime_ratio"]["met"] is False
+    assert targets["time_to_recover_seconds"] == {"value": 80.0, "target": 300.0, "met": True}
+    assert targets["time_to_detect_seconds"] == {"value": 30.0, "target": 60.0, "met": True}
+    assert targets["avg_response_seconds"]["met"] is True
     assert sla["p95_response_seconds"] == 3.0
     assert sla["avg_response_seconds"] == pytest.approx(
         (0.1 + 0.2 + 0.3 + 0.4 + 3.0 + 0.3) / 6, 1e-3
     )
     rows = {r["realm_id"]: r for r in board["realms"]}
-    assert rows["1"]["uptime_ratio"] == pytest.approx(1 - 120 / 3600, abs=1e-6)
+    assert rows["1"]["uptime_ratio"] == pytest.approx(1 - 120 / 3599, abs=1e-6)
     assert rows["2"]["uptime_ratio"] == 1.0
-    await monitor.flush()
     detail = await monitor.business_view.business("1")
     assert detail is not None
-    assert detail["sla"]["uptime_ratio"] == pytest.approx(1 - 120 / 3600, abs=1e-6)
+    assert detail["sla"]["uptime_ratio"] == pytest.approx(1 - 120 / 3599, abs=1e-6)
     assert detail["sla"]["success_ratio"] == pytest.approx(6 / 8)
+    assert detail["sla"]["time_to_recover_seconds"]["worst"] == 80.0
     # An hour later the window no longer holds the incident.
     gw.clock.advance(3600)
     later = await monitor.views.dashboard()
     assert later["sla"]["incidents"] == 0 and later["sla"]["uptime_ratio"] == 1.0
     assert later["sla"]["avg_response_seconds"] is None
+    assert later["sla"]["targets"]["avg_response_seconds"]["met"] is None
 
 
 def test_merge_incidents_overlapping_spans() -> None:

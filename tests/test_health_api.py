@@ -66,6 +66,7 @@ async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str)
     gw.loads[c] = RealmLoad(BreakerState.OPEN, 5, open_until, None, 3, 1, 0, 1)
     monitor.observer.breaker_changed(c, BreakerState.OPEN)
     await monitor.flush()
+    gw.clock.advance(60)  # c has been down for the whole minute it was seen
 
     resp = await client.get(f"{prefix}/summary")
     assert resp.status == 200
@@ -97,8 +98,8 @@ async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str)
     assert set(board["sla"]["targets"]) == {
         "uptime_ratio",
         "avg_response_seconds",
-        "mttr_seconds",
-        "detection_to_alert_seconds",
+        "time_to_recover_seconds",
+        "time_to_detect_seconds",
     }
     filtered = await (await client.get(f"{prefix}/dashboard?status=unhealthy")).json()
     assert [r["realm_id"] for r in filtered["realms"]] == [c]
@@ -114,9 +115,13 @@ async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str)
     assert detail["token"]["needs_reconnect"] is False
     assert detail["token"]["access_expires_at"].endswith("Z")
     assert detail["rate_limit"]["requests_last_minute"] == 3
-    # The circuit opened this instant: no time has passed in the outage yet.
-    assert detail["sla"]["uptime_ratio"] == 1.0
+    assert detail["sla"]["uptime_ratio"] == 0.0
+    assert detail["sla"]["downtime_seconds"] == 60.0
+    assert detail["sla"]["targets"]["uptime_ratio"]["met"] is False
     assert detail["sla"]["incidents"] == 1
+    timeline = detail["timeline"]  # one point per hour of the day, the newest last
+    assert len(timeline) == 24 and timeline[-1]["uptime_ratio"] == 0.0
+    assert {p["uptime_ratio"] for p in timeline[:-1]} == {None}  # nothing seen before
     assert [x["kind"] for x in detail["alerts"]] == ["circuit_open"]
     assert "recent_checks" in detail and "latency" in detail
     detail_a = await (await client.get(f"{prefix}/business/{a}")).json()

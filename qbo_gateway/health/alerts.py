@@ -18,6 +18,9 @@ from dataclasses import dataclass, replace
 import structlog
 
 from qbo_gateway.clock import Clock
+from qbo_gateway.health.alert_rules import OUTAGE_KINDS
+from qbo_gateway.health.history_writer import HistoryBuffer
+from qbo_gateway.health.incident_times import IncidentTimes
 from qbo_gateway.health.store_memory import SEVERITY_RANK, AlertRecord, HealthStore, Severity
 from qbo_gateway.health.webhook import Notification, WebhookNotifier
 from qbo_gateway.logs import failure
@@ -51,6 +54,7 @@ class AlertManager:
         store: HealthStore,
         clock: Clock,
         metrics: Metrics,
+        history: HistoryBuffer,
         notifier: WebhookNotifier | None = None,
         history_seconds: float = 86400.0,
         keep_resolved: int = 10000,
@@ -59,6 +63,9 @@ class AlertManager:
         self._clock = clock
         self._metrics = metrics
         self.notifier = notifier
+        self.incidents = IncidentTimes(history)
+        if notifier is not None:
+            notifier.on_delivered = self.incidents.delivered
         self._history_seconds = history_seconds
         self._keep_resolved = keep_resolved
         self._severity_counts: dict[str, int] = {"warning": 0, "critical": 0}
@@ -69,7 +76,6 @@ class AlertManager:
         self._worker = DrainWorker(
             has_work=lambda: bool(self._ops), step=self._apply_next, on_error=_store_failed
         )
-        self.raised_delays: deque[float] = deque(maxlen=1000)
 
     # -- the decision (sync, request path) --
 
@@ -103,6 +109,7 @@ class AlertManager:
             self._remember(updated)
             self._enqueue(_Op("upsert", alert=updated, detected_at=now))
             return
+        opens = kind in OUTAGE_KINDS and not OUTAGE_KINDS.intersection(self.active_for(realm_id))
         alert = AlertRecord(
             id=uuid.uuid4().hex[:16],
             realm_id=realm_id,
@@ -114,9 +121,9 @@ class AlertManager:
             raised_at=now,
             updated_at=now,
             value=value,
+            extra={"opens_incident": True} if opens else {},
         )
         self._remember(alert)
-        self.raised_delays.append(0.0)
         log.warning(
             "alert_raised", realm_id=realm_id, kind=kind, severity=severity, alert_id=alert.id
         )
@@ -237,6 +244,7 @@ class AlertManager:
                 # Another replica raised this episode first: adopt its id.
                 self._remember(result.alert)
             if result.created:
+                self.incidents.raised(result.alert)
                 self._notify("raised", result.alert, op.detected_at)
             elif result.changed and SEVERITY_RANK.get(result.alert.severity, 0) >= 2:
                 self._notify("escalated", result.alert, op.detected_at)
@@ -244,6 +252,7 @@ class AlertManager:
             resolved = await self._store.resolve_alert(op.realm_id, op.alert_kind, at=op.at)
             if resolved is not None:
                 log.info("alert_resolved", realm_id=op.realm_id, kind=op.alert_kind)
+                self.incidents.resolved(resolved)
                 self._notify("resolved", resolved, op.at)
         elif op.kind == "sync":
             await self._adopt_shared()

@@ -16,10 +16,12 @@ from qbo_gateway.admission.records import AdmissionPolicy, RealmLoad
 from qbo_gateway.clock import Clock
 from qbo_gateway.health.alert_rules import alert_json, iso
 from qbo_gateway.health.alerts import AlertManager
+from qbo_gateway.health.buckets import Series, total
 from qbo_gateway.health.grading import realm_status
-from qbo_gateway.health.sla import alert_delay, realm_incidents, sla_block, uptime
-from qbo_gateway.health.stats import RealmStats, RealmTable, percentile
-from qbo_gateway.health.store_memory import HealthStore, HistoryEntry
+from qbo_gateway.health.sla import SlaTargets, Window, outage_begins, overlap, sla_block
+from qbo_gateway.health.stats import RealmStats, RealmTable
+from qbo_gateway.health.store_memory import RECENT_EVENTS, HealthStore, HistoryEntry
+from qbo_gateway.health.timeline import realm_timeline
 from qbo_gateway.health.token_rules import TokenRules
 from qbo_gateway.logs import failure
 from qbo_gateway.state.errors import StateUnavailable
@@ -51,19 +53,28 @@ def token_json(token: TokenStatus | None) -> dict[str, Any]:
     }
 
 
-def breaker_json(load: RealmLoad | None, stats: RealmStats | None) -> dict[str, Any]:
-    """The shared admission state when readable, else what this replica last saw."""
-    if load is not None:
-        return {
-            "state": load.breaker.value,
-            "consecutive_failures": load.consecutive_failures,
-            "open_until": iso(load.open_until),
-        }
-    return {
+def breaker_json(
+    load: RealmLoad | None, stats: RealmStats | None, policy: AdmissionPolicy | None
+) -> dict[str, Any]:
+    """The shared admission state when readable, else what this replica last saw.
+
+    The breaker counts failed attempts (each retry of a request is one), the
+    `consecutive_failures` alert counts failed requests: both are named for what they count.
+    """
+    out: dict[str, Any] = {
         "state": stats.breaker.value if stats is not None else "closed",
-        "consecutive_failures": stats.consecutive_failures if stats else 0,
+        "consecutive_failed_attempts": None,
         "open_until": None,
+        "counts": "attempts",
     }
+    if load is not None:
+        out["state"] = load.breaker.value
+        out["consecutive_failed_attempts"] = load.consecutive_failures
+        out["open_until"] = iso(load.open_until)
+    if policy is not None:
+        out["opens_after_failed_attempts"] = policy.failure_threshold
+    out["consecutive_failed_requests"] = stats.consecutive_failures if stats else 0
+    return out
 
 
 class BusinessView:
@@ -80,7 +91,11 @@ class BusinessView:
         token_status: Callable[[str], Awaitable[TokenStatus | None]],
         load: Callable[[str], Awaitable[RealmLoad]],
         policy: AdmissionPolicy | None,
+        targets: SlaTargets,
+        bucket_seconds: float,
     ) -> None:
+        self.targets = targets
+        self.bucket_seconds = bucket_seconds
         self.table = table
         self.alerts = alerts
         self.tokens = tokens
@@ -105,46 +120,37 @@ class BusinessView:
         stats = table.stats.get(realm_id)
         if load is not None and stats is not None:
             stats.breaker = load.breaker
-        try:
-            history = await self.store.history(
-                realm_id, since=now - table.history_seconds, limit=500
-            )
-        except StateUnavailable:
-            history = []
-        outcomes = [e for e in history if e.source in ("request", "check")]
-        # Response time counts answers from QBO, as in the live aggregates.
-        latencies = [
-            e.latency for e in outcomes if e.latency > 0 and e.detail.startswith("upstream")
-        ]
-        ok = sum(1 for e in outcomes if e.ok)
-        incidents = realm_incidents(self.alerts, realm_id, table.window_start(now), now)
+        history = await self._recent(realm_id, now - table.history_seconds)
+        series, window = await self._buckets(realm_id, now)
+        totals = total(series, window.first, window.last)
+        begins = outage_begins(self.alerts, realm_id)
+        since = window.observed_since(series)
+        if begins is not None:
+            since = min(since if since is not None else now, begins)
+        start = window.start if since is None else max(window.start, since)
         active = sorted(self.alerts.active_for(realm_id).values(), key=lambda a: a.raised_at)
         checks = [e for e in history if e.source == "check"][-20:]
         return {
             "realm_id": realm_id,
             "status": realm_status(table, self.alerts, realm_id, now),
             "generated_at": iso(now),
-            "breaker": breaker_json(load, stats),
+            "breaker": breaker_json(load, stats, self.policy),
             "token": token_json(token),
             "rate_limit": self._rate(load),
             "latency": {
                 "last_seconds": stats.last_latency if stats else None,
-                "avg_seconds": round(sum(latencies) / len(latencies), 4) if latencies else None,
-                "p95_seconds": percentile(latencies, 0.95),
-                "samples": len(latencies),
+                "avg_seconds": totals.avg_latency(),
+                "p95_seconds": totals.p95_latency(),
+                "samples": totals.latency_n,
             },
             "sla": sla_block(
-                uptime=uptime(
-                    incidents if incidents.count else None, now - table.window_start(now)
-                ),
-                avg=sum(latencies) / len(latencies) if latencies else None,
-                p95=percentile(latencies, 0.95),
-                incidents=incidents.count,
-                recoveries=incidents.recoveries,
-                alert_delay=alert_delay(self.alerts, now, table.history_seconds),
-                ok=ok,
-                failed=len(outcomes) - ok,
+                totals,
+                span=now - start,
+                down_now=overlap([] if begins is None else [begins], start, now),
+                targets=self.targets,
+                webhook=self.alerts.notifier is not None,
             ),
+            "timeline": realm_timeline(series, window, begins, start),
             "stale": {
                 "last_served_at": iso(stats.last_stale_at) if stats else None,
                 "reason": stats.stale_reason if stats else None,
@@ -153,6 +159,20 @@ class BusinessView:
             "recent_events": [entry_json(e) for e in list(reversed(history))[:20]],
             "alerts": [alert_json(a) for a in active],
         }
+
+    async def _recent(self, realm_id: str, since: float) -> list[HistoryEntry]:
+        try:
+            return await self.store.history(realm_id, since=since, limit=RECENT_EVENTS)
+        except StateUnavailable:
+            return []
+
+    async def _buckets(self, realm_id: str, now: float) -> tuple[Series, Window]:
+        window = Window.ending(now, history=self.table.history_seconds, width=self.bucket_seconds)
+        try:
+            series = await self.store.realm_series(realm_id, first=window.first, last=window.last)
+        except StateUnavailable:
+            series = {}
+        return series, window
 
     async def _known_token(self, realm_id: str) -> TokenStatus | None:
         """The realm's token status from the store (the cached one if the store fails)."""

@@ -1,10 +1,12 @@
 """Buffered history writes, so observing a request never waits on (or fails with) the store.
 
-Events are appended to a bounded in-memory buffer and a background task writes them in
-batches. When the writer falls far behind, history entries are dropped while the in-memory
-aggregates keep counting. Workers stop through `cancel_when_idle`: they finish the write in
-hand first, because cancelling redis-py in the middle of a command can leave the connection
-(and with it the shutdown) waiting for a long time.
+Bucket counters are added up in memory (one dict increment per event) and recent events
+appended to a bounded buffer; a background task writes both in batches after the reply,
+the realm's and the fleet's buckets in one pipeline in Redis mode. When the writer falls
+far behind, recent events are dropped while the counters keep counting. Workers stop
+through `cancel_when_idle`: they finish the write in hand first, because cancelling
+redis-py in the middle of a command can leave the connection (and with it the shutdown)
+waiting for a long time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import structlog
 
 from qbo_gateway.clock import Clock
+from qbo_gateway.health.buckets import Counts, Series, bucket_of, spread
 from qbo_gateway.health.store_memory import HealthStore, HistoryEntry
 from qbo_gateway.logs import failure
 from qbo_gateway.state.errors import StateUnavailable
@@ -28,14 +31,35 @@ _MAX_PER_REALM_FLUSH = 50
 class HistoryBuffer:
     """The history writer: `add` is sync and O(1); a background task stores batches."""
 
-    def __init__(self, *, store: HealthStore, clock: Clock) -> None:
+    def __init__(self, *, store: HealthStore, clock: Clock, bucket_seconds: float) -> None:
         self.store = store
         self.clock = clock
+        self.bucket_seconds = bucket_seconds
         self._buffer: dict[str, list[HistoryEntry]] = {}
         self._buffered = 0
+        self._counts: dict[str, Series] = {}
         self._worker = DrainWorker(
-            has_work=lambda: bool(self._buffer), step=self.flush_now, on_error=_write_failed
+            has_work=lambda: bool(self._buffer or self._counts),
+            step=self.flush_now,
+            on_error=_write_failed,
         )
+
+    def count(self, realm_id: str, at: float, counts: Counts) -> None:
+        """Add counters into the realm's bucket of `at` (written by the background task)."""
+        series = self._counts.get(realm_id)
+        if series is None:
+            series = self._counts[realm_id] = {}
+        bucket = series.setdefault(bucket_of(at, self.bucket_seconds), {})
+        for name, n in counts.items():
+            bucket[name] = bucket.get(name, 0) + n
+        self._worker.wake()
+
+    def count_span(self, realm_id: str, start: float, end: float, name: str) -> None:
+        """Add the milliseconds of [start, end) to `name` in each bucket the span touches."""
+        width = self.bucket_seconds
+        for bucket, ms in spread(start, end, width):
+            if ms:
+                self.count(realm_id, bucket * width, {name: ms})
 
     def add(self, realm_id: str, entry: HistoryEntry) -> None:
         if self._buffered >= _MAX_BUFFERED:
@@ -49,6 +73,12 @@ class HistoryBuffer:
         self._worker.wake()
 
     async def flush_now(self) -> None:
+        counts, self._counts = self._counts, {}
+        if counts:
+            try:
+                await self.store.add_counts(counts, _fleet(counts), now=self.clock.now())
+            except StateUnavailable:
+                log.warning("health_buckets_write_skipped", realms=len(counts))
         if not self._buffer:
             return
         batch, self._buffer, self._buffered = self._buffer, {}, 0
@@ -72,6 +102,17 @@ class HistoryBuffer:
             await self._worker.drained()
         else:
             await self.flush_now()
+
+
+def _fleet(realms: dict[str, Series]) -> Series:
+    """The fleet's share of a batch: every realm's counters summed per bucket."""
+    fleet: Series = {}
+    for series in realms.values():
+        for bucket, counts in series.items():
+            into = fleet.setdefault(bucket, {})
+            for name, n in counts.items():
+                into[name] = into.get(name, 0) + n
+    return fleet
 
 
 def _write_failed(exc: Exception) -> None:

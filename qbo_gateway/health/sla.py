@@ -1,9 +1,12 @@
-"""SLA figures against their targets: uptime, response times, incidents, MTTR, alert delay.
+"""SLA figures measured from the history buckets, each against its target.
 
-Downtime is measured from outage alerts (not from individual failed requests): a realm is
-down from the moment an outage condition started until it resolved, with overlapping
-outages merged so they are not counted twice. The dashboard (all realms) and the business
-view (one realm) report the same block, built here.
+Every figure is a measurement over the history window, and each target says `met` true or
+false (null only when nothing was measured yet): uptime (downtime from outage alerts, in
+the buckets once resolved, plus the outage still running), average and p95 response time
+(the buckets' latency sum and histogram), time to detect and to deliver (per incident,
+worst in the window), and time to recover (circuit open to closed, mean over the window).
+The dashboard (the fleet's buckets) and the business view (one realm's) report the same
+block, built here.
 """
 
 from __future__ import annotations
@@ -13,18 +16,138 @@ from typing import Any
 
 from qbo_gateway.health.alert_rules import OUTAGE_KINDS
 from qbo_gateway.health.alerts import AlertManager
+from qbo_gateway.health.buckets import Series, Totals, bucket_of
 from qbo_gateway.health.store_memory import AlertRecord
 
-SLA_TARGETS: dict[str, float] = {
-    "uptime_ratio": 0.999,
-    "avg_response_seconds": 2.0,
-    "mttr_seconds": 300.0,
-    "detection_to_alert_seconds": 60.0,
-}
+
+@dataclass(frozen=True)
+class SlaTargets:
+    uptime_ratio: float = 0.999
+    avg_response_seconds: float = 2.0
+    recovery_seconds: float = 300.0
+    detect_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """The history window in bucket numbers: first..last, the newest being `now`'s."""
+
+    first: int
+    last: int
+    width: float
+    now: float
+
+    @classmethod
+    def ending(cls, now: float, *, history: float, width: float) -> Window:
+        # Only buckets that start after `now - history`: it covers `history`, no more.
+        first = int((now - history) // width) + 1
+        return cls(first=first, last=bucket_of(now, width), width=width, now=now)
+
+    @property
+    def start(self) -> float:
+        return self.first * self.width
+
+    def observed_since(self, series: Series) -> float | None:
+        """Start of the first bucket holding anything (None: nothing measured yet)."""
+        return min(series) * self.width if series else None
+
+
+def outage_begins(alerts: AlertManager, realm_id: str) -> float | None:
+    """When the realm's running outage began, past what is already in its buckets."""
+    starts = [a.started_at for k, a in alerts.active_for(realm_id).items() if k in OUTAGE_KINDS]
+    if not starts:
+        return None
+    return max(min(starts), alerts.incidents.down_until(realm_id))
+
+
+def running_outages(alerts: AlertManager) -> list[float]:
+    begins = (outage_begins(alerts, realm_id) for realm_id in alerts.realms_with_alerts())
+    return [b for b in begins if b is not None]
+
+
+def overlap(begins: list[float], start: float, end: float) -> float:
+    """Seconds of running outages (each from its begin to `end`) inside [start, end]."""
+    return sum(max(0.0, end - max(b, start)) for b in begins)
+
+
+def uptime(totals: Totals, down_now: float, span: float, realms: int = 1) -> float | None:
+    if span <= 0 or realms <= 0:
+        return None
+    down = totals.get("down_ms") / 1000 + down_now
+    return max(0.0, 1.0 - down / (span * realms))
+
+
+def _target(value: float | None, target: float, *, higher_is_better: bool) -> dict[str, Any]:
+    if value is None:
+        return {"value": None, "target": target, "met": None}
+    met = value >= target if higher_is_better else value <= target
+    return {"value": round(value, 6), "target": target, "met": met}
+
+
+def _times(ms: list[int]) -> dict[str, Any]:
+    return {
+        "worst": max(ms) / 1000 if ms else None,
+        "average": round(sum(ms) / len(ms) / 1000, 3) if ms else None,
+        "count": len(ms),
+    }
+
+
+def sla_block(
+    totals: Totals,
+    *,
+    span: float,
+    down_now: float,
+    targets: SlaTargets,
+    realms: int = 1,
+    webhook: bool = False,
+) -> dict[str, Any]:
+    """The SLA figures of `totals` (a realm's or the fleet's window) against `targets`."""
+    ratio = uptime(totals, down_now, span, realms)
+    avg = totals.avg_latency()
+    ok, failed = totals.get("ok"), totals.get("fail")
+    recover = _times(totals.recover_ms)
+    detect = _times(totals.detect_ms)
+    deliver = _times(totals.deliver_ms)
+    block: dict[str, Any] = {
+        "window_seconds": round(max(0.0, span), 1),
+        "uptime_ratio": None if ratio is None else round(ratio, 6),
+        "downtime_seconds": round(totals.get("down_ms") / 1000 + down_now, 1),
+        "requests": totals.get("req"),
+        "failed_requests": failed,
+        "success_ratio": round(ok / (ok + failed), 6) if ok + failed else None,
+        "avg_response_seconds": None if avg is None else round(avg, 4),
+        "p95_response_seconds": totals.p95_latency(),
+        "incidents": detect["count"],
+        "mttr_seconds": recover["average"],
+        "time_to_detect_seconds": detect,
+        "time_to_recover_seconds": recover,
+        "targets": {
+            "uptime_ratio": _target(ratio, targets.uptime_ratio, higher_is_better=True),
+            "avg_response_seconds": _target(
+                avg, targets.avg_response_seconds, higher_is_better=False
+            ),
+            "time_to_recover_seconds": _target(
+                recover["average"], targets.recovery_seconds, higher_is_better=False
+            ),
+            "time_to_detect_seconds": _target(
+                detect["worst"], targets.detect_seconds, higher_is_better=False
+            ),
+        },
+    }
+    if webhook:
+        block["time_to_deliver_seconds"] = deliver
+        block["targets"]["time_to_deliver_seconds"] = _target(
+            deliver["worst"], targets.detect_seconds, higher_is_better=False
+        )
+    return block
 
 
 @dataclass
 class Incidents:
+    """A realm's outage alerts merged into intervals (this replica's view of the alerts);
+    the dashboard's per-realm rows use it, since reading every realm's buckets would not
+    fit a dashboard's time budget."""
+
     downtime: float = 0.0
     count: int = 0
     recoveries: list[float] = field(default_factory=list)
@@ -74,73 +197,3 @@ def incidents_by_realm(alerts: AlertManager, start: float, now: float) -> dict[s
         if alert.kind in OUTAGE_KINDS:
             grouped.setdefault(alert.realm_id, []).append(alert)
     return {r: merge_incidents(a, start, now) for r, a in grouped.items()}
-
-
-def realm_incidents(alerts: AlertManager, realm_id: str, start: float, now: float) -> Incidents:
-    outage = [
-        a
-        for a in alerts.active() + alerts.recent_resolved()
-        if a.realm_id == realm_id and a.kind in OUTAGE_KINDS
-    ]
-    return merge_incidents(outage, start, now)
-
-
-def uptime(incidents: Incidents | None, span: float) -> float:
-    """Share of `span` (the window so far) without a merged outage."""
-    if incidents is None or span <= 0:
-        return 1.0
-    return max(0.0, 1.0 - incidents.downtime / span)
-
-
-def alert_delay(alerts: AlertManager, now: float, history_seconds: float) -> float | None:
-    """The worst detection-to-delivery delay within the window."""
-    notifier = alerts.notifier
-    if notifier is not None:
-        cutoff = now - history_seconds
-        delays = [d for at, d in notifier.delivery_delays if at >= cutoff]
-        return max(delays) if delays else None
-    # Without a webhook an alert is "delivered" when raised: in process, at once.
-    return 0.0 if alerts.raised_delays else None
-
-
-def _target(value: float | None, target: float, *, higher_is_better: bool) -> dict[str, Any]:
-    if value is None:
-        return {"value": None, "target": target, "met": None}
-    met = value >= target if higher_is_better else value < target
-    return {"value": round(value, 6), "target": target, "met": met}
-
-
-def sla_block(
-    *,
-    uptime: float,
-    avg: float | None,
-    p95: float | None,
-    incidents: int,
-    recoveries: list[float],
-    alert_delay: float | None,
-    ok: int,
-    failed: int,
-) -> dict[str, Any]:
-    mttr = sum(recoveries) / len(recoveries) if recoveries else None
-    return {
-        "uptime_ratio": round(uptime, 6),
-        "avg_response_seconds": None if avg is None else round(avg, 4),
-        "p95_response_seconds": None if p95 is None else round(p95, 4),
-        "incidents": incidents,
-        "mttr_seconds": None if mttr is None else round(mttr, 1),
-        "success_ratio": round(ok / (ok + failed), 6) if ok + failed else None,
-        "targets": {
-            "uptime_ratio": _target(
-                round(uptime, 6), SLA_TARGETS["uptime_ratio"], higher_is_better=True
-            ),
-            "avg_response_seconds": _target(
-                avg, SLA_TARGETS["avg_response_seconds"], higher_is_better=False
-            ),
-            "mttr_seconds": _target(mttr, SLA_TARGETS["mttr_seconds"], higher_is_better=False),
-            "detection_to_alert_seconds": _target(
-                alert_delay,
-                SLA_TARGETS["detection_to_alert_seconds"],
-                higher_is_better=False,
-            ),
-        },
-    }

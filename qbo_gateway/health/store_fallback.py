@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from qbo_gateway.health.buckets import Series
 from qbo_gateway.health.store_memory import (
     AlertRecord,
     HealthStore,
@@ -65,6 +66,24 @@ class FallbackHealthStore:
         return await self._either(
             lambda: self._primary.history(realm_id, since=since, limit=limit),
             lambda: self._fallback.history(realm_id, since=since, limit=limit),
+        )
+
+    async def add_counts(self, realms: dict[str, Series], fleet: Series, *, now: float) -> None:
+        await self._either(
+            lambda: self._primary.add_counts(realms, fleet, now=now),
+            lambda: self._fallback.add_counts(realms, fleet, now=now),
+        )
+
+    async def realm_series(self, realm_id: str, *, first: int, last: int) -> Series:
+        return await self._either(
+            lambda: self._primary.realm_series(realm_id, first=first, last=last),
+            lambda: self._fallback.realm_series(realm_id, first=first, last=last),
+        )
+
+    async def fleet_series(self, *, first: int, last: int) -> Series:
+        return await self._either(
+            lambda: self._primary.fleet_series(first=first, last=last),
+            lambda: self._fallback.fleet_series(first=first, last=last),
         )
 
     async def acquire_probe(

@@ -1,19 +1,24 @@
 """Where health history, alerts and monitor leases live, and the in-process home for them.
 
-The monitor and alert rules (health.py, alerts.py) need three kinds of shared state: a
-bounded, time-trimmed history of checks and request outcomes per realm; the alert records
-(one active per realm and kind); and a per-realm probe lease so several replicas probe an
-idle realm once per interval. `HealthStore` is that interface; `MemoryHealthStore` holds it
-in process (embedded mode, and the fallback while Redis is unreachable); health_redis.py
-shares it through Redis. Both are proven by one suite (tests/test_health.py).
+The health rules need four kinds of shared state: the history as per-minute buckets per
+realm and for the fleet (`buckets`), kept for the history window; the last few checks and
+events of each realm (what the business view lists); the alert records (one active per
+realm and kind); and a per-realm probe lease so several replicas probe an idle realm once
+per interval. `HealthStore` is that interface; `MemoryHealthStore` holds it in process
+(embedded mode, and the fallback while Redis is unreachable); `store_redis` shares it
+through Redis. Both are proven by one suite (tests/test_health.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
+
+from qbo_gateway.health.bucket_ring import BucketRing
+from qbo_gateway.health.buckets import Series
 
 Severity = Literal["warning", "critical"]
 AlertState = Literal["active", "acknowledged", "resolved"]
@@ -94,13 +99,29 @@ class UpsertResult:
     changed: bool  # severity or message changed (escalation notifies)
 
 
+RECENT_EVENTS = 50  # recent checks and events kept per realm (the history is the buckets)
+BUCKET_SECONDS = 60.0
+
+
 class HealthStore(Protocol):
     async def record(self, entries: dict[str, list[HistoryEntry]], *, now: float) -> None:
-        """Append entries per realm; trims to the history window and the per-realm cap."""
+        """Append recent events per realm; keeps the newest few within the window."""
         ...
 
     async def history(self, realm_id: str, *, since: float, limit: int) -> list[HistoryEntry]:
-        """The newest `limit` entries at or after `since`, oldest first."""
+        """The newest `limit` recent events at or after `since`, oldest first."""
+        ...
+
+    async def add_counts(self, realms: dict[str, Series], fleet: Series, *, now: float) -> None:
+        """Add counters into each realm's buckets and the fleet's (sums: replicas add up)."""
+        ...
+
+    async def realm_series(self, realm_id: str, *, first: int, last: int) -> Series:
+        """The realm's buckets first..last (bucket numbers, inclusive) that hold anything."""
+        ...
+
+    async def fleet_series(self, *, first: int, last: int) -> Series:
+        """The fleet's buckets first..last that hold anything."""
         ...
 
     async def acquire_probe(
@@ -149,9 +170,19 @@ def merge_upsert(current: AlertRecord | None, new: AlertRecord) -> UpsertResult:
 class MemoryHealthStore:
     """`HealthStore` in process: rings per realm, a dict of alerts, a dict of leases."""
 
-    def __init__(self, *, history_seconds: float, max_entries_per_realm: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        history_seconds: float,
+        bucket_seconds: float = BUCKET_SECONDS,
+        recent_events: int = RECENT_EVENTS,
+    ) -> None:
         self.history_seconds = history_seconds
-        self.max_entries = max_entries_per_realm
+        self.bucket_seconds = bucket_seconds
+        self.max_entries = recent_events
+        self._slots = math.ceil(history_seconds / bucket_seconds) + 1
+        self._rings: dict[str, BucketRing] = {}
+        self._fleet = BucketRing(self._slots, wide=True)
         self._history: dict[str, deque[HistoryEntry]] = {}
         self._last_live_ok: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
@@ -179,6 +210,28 @@ class MemoryHealthStore:
             return []
         kept = [e for e in ring if e.at >= since]
         return kept[-limit:] if limit > 0 else []
+
+    async def add_counts(self, realms: dict[str, Series], fleet: Series, *, now: float) -> None:
+        for realm_id, series in realms.items():
+            ring = self._rings.get(realm_id)
+            if ring is None:
+                ring = self._rings[realm_id] = BucketRing(self._slots)
+            for bucket, counts in series.items():
+                ring.add(bucket, counts)
+        for bucket, counts in fleet.items():
+            self._fleet.add(bucket, counts)
+
+    async def realm_series(self, realm_id: str, *, first: int, last: int) -> Series:
+        ring = self._rings.get(realm_id)
+        return ring.read(first, last) if ring is not None else {}
+
+    async def fleet_series(self, *, first: int, last: int) -> Series:
+        return self._fleet.read(first, last)
+
+    def bucket_bytes(self, realm_id: str) -> int:
+        """Bytes the realm's ring holds (reported by the 10,000-realm benchmark)."""
+        ring = self._rings.get(realm_id)
+        return ring.nbytes() if ring is not None else 0
 
     async def acquire_probe(
         self, realm_id: str, *, owner: str, now: float, interval: float

@@ -1,7 +1,10 @@
 """Health history, alerts and probe leases shared through Redis by every replica.
 
-History is a sorted set per realm (score = time), trimmed by age and count on every
-write, so storage stays bounded. Alerts live in one hash: `alert:<id>` holds the record and
+The history is one small hash per realm and minute (`hb:<bucket>`, counters added with
+`HINCRBY` by every replica, so the figures are the fleet's), plus one per minute for the
+whole fleet; each expires once it leaves the history window, so storage stays bounded and
+survives replica restarts. The last few events of a realm are a sorted set (score = time),
+trimmed by age and count on every write. Alerts live in one hash: `alert:<id>` holds the record and
 `active:<realm>:<kind>` points at the one active episode, so two replicas seeing the same
 condition raise one alert (and only the one that created it notifies). The probe lease and
 the "a live request succeeded lately" mark share the realm's hash tag, so one script
@@ -22,7 +25,10 @@ from typing import Any, TypeVar
 
 from redis.commands.core import AsyncScript
 
+from qbo_gateway.health.buckets import Counts, Series
 from qbo_gateway.health.store_memory import (
+    BUCKET_SECONDS,
+    RECENT_EVENTS,
     AlertRecord,
     HistoryEntry,
     LeaseResult,
@@ -119,10 +125,13 @@ class RedisHealthStore:
         *,
         history_seconds: float,
         keys: RedisKeys | None = None,
-        max_entries_per_realm: int = 500,
+        bucket_seconds: float = BUCKET_SECONDS,
+        recent_events: int = RECENT_EVENTS,
     ) -> None:
         self.history_seconds = history_seconds
-        self.max_entries = max_entries_per_realm
+        self.bucket_seconds = bucket_seconds
+        self.max_entries = recent_events
+        self._slots = math.ceil(history_seconds / bucket_seconds) + 1
         self._redis = redis
         self._keys = keys or RedisKeys()
         self._acquire: AsyncScript = redis.register_script(_ACQUIRE)
@@ -180,6 +189,51 @@ class RedisHealthStore:
 
         raw = await self._call(op)
         return [HistoryEntry.from_json(item) for item in reversed(raw)]
+
+    async def add_counts(self, realms: dict[str, Series], fleet: Series, *, now: float) -> None:
+        if not realms and not fleet:
+            return
+
+        async def op() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for realm_id, series in realms.items():
+                for bucket, counts in series.items():
+                    self._add(pipe, self._keys.health_bucket(realm_id, bucket), bucket, counts, now)
+            for bucket, counts in fleet.items():
+                self._add(pipe, self._keys.fleet_bucket(bucket), bucket, counts, now)
+            await pipe.execute()
+
+        await self._call(op)
+
+    def _add(self, pipe: Any, key: str, bucket: int, counts: Counts, now: float) -> None:
+        for name, n in counts.items():
+            pipe.hincrby(key, name, n)
+        # The bucket leaves the window `history_seconds` after it ends.
+        ends = (bucket + 1) * self.bucket_seconds + self.history_seconds
+        pipe.pexpire(key, max(1000, int((ends - now) * 1000)))
+
+    async def realm_series(self, realm_id: str, *, first: int, last: int) -> Series:
+        return await self._series(lambda b: self._keys.health_bucket(realm_id, b), first, last)
+
+    async def fleet_series(self, *, first: int, last: int) -> Series:
+        return await self._series(self._keys.fleet_bucket, first, last)
+
+    async def _series(self, key: Callable[[int], str], first: int, last: int) -> Series:
+        numbers = list(range(max(first, last - self._slots + 1), last + 1))
+
+        async def op() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for bucket in numbers:
+                pipe.hgetall(key(bucket))
+            result: list[Any] = await pipe.execute()
+            return result
+
+        raw = await self._call(op) if numbers else []
+        return {
+            bucket: {_text(k): int(v) for k, v in doc.items()}
+            for bucket, doc in zip(numbers, raw, strict=True)
+            if doc
+        }
 
     async def acquire_probe(
         self, realm_id: str, *, owner: str, now: float, interval: float

@@ -18,12 +18,19 @@ import structlog
 from qbo_gateway.clock import Clock
 from qbo_gateway.health.alert_rules import APP_WIDE, AlertThresholds, expiry_severity
 from qbo_gateway.health.alerts import AlertManager
+from qbo_gateway.health.history_writer import HistoryBuffer
 from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.logs import failure
 from qbo_gateway.observe import TokenEvent
 from qbo_gateway.tokens.records import TokenRecord, TokenStatus
 
 log = structlog.get_logger(__name__)
+
+_TOKEN_FIELD = {
+    "refreshed": "tok_ok",
+    "refresh_failed": "tok_fail",
+    "reconnect_required": "tok_reconnect",
+}
 
 
 class TokenRules:
@@ -34,6 +41,7 @@ class TokenRules:
         *,
         table: RealmTable,
         alerts: AlertManager,
+        history: HistoryBuffer,
         clock: Clock,
         thresholds: AlertThresholds,
         realm_ids: Callable[[], Awaitable[list[str]]],
@@ -42,6 +50,7 @@ class TokenRules:
     ) -> None:
         self.table = table
         self.alerts = alerts
+        self.history = history
         self.clock = clock
         self.thresholds = thresholds
         self._realm_ids = realm_ids
@@ -51,6 +60,9 @@ class TokenRules:
     def event(self, realm_id: str, event: TokenEvent, record: TokenRecord | None) -> None:
         now = self.clock.now()
         table = self.table
+        counter = _TOKEN_FIELD.get(event)
+        if counter is not None:
+            self.history.count(realm_id, now, {counter: 1})
         if event == "removed":
             table.tokens.pop(realm_id, None)
             table.realms.discard(realm_id)

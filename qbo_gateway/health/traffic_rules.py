@@ -13,6 +13,7 @@ from qbo_gateway.clock import Clock
 from qbo_gateway.faults import FaultClass
 from qbo_gateway.health.alert_rules import AlertThresholds, failures_severity, slow_severity
 from qbo_gateway.health.alerts import AlertManager
+from qbo_gateway.health.buckets import Counts, latency_bin
 from qbo_gateway.health.history_writer import HistoryBuffer
 from qbo_gateway.health.stats import RealmStats, RealmTable
 from qbo_gateway.health.store_memory import HistoryEntry
@@ -23,6 +24,32 @@ _DETAIL = {
     for o in ("upstream", "cache_hit", "stale", "rejected", "error")
     for f in FaultClass
 }
+
+
+_BREAKER_FIELD = {
+    BreakerState.OPEN: "br_open",
+    BreakerState.HALF_OPEN: "br_half",
+    BreakerState.CLOSED: "br_close",
+}
+
+
+def _counters(
+    outcome: str, latency: float, fault: FaultClass | None, verdict: bool | None, probe: bool
+) -> Counts:
+    """What one request adds to its bucket."""
+    counts: Counts = {"req": 1}
+    if verdict is not None:
+        counts["ok" if verdict else "fail"] = 1
+        if probe:
+            counts["chk_ok" if verdict else "chk_fail"] = 1
+    elif outcome == "error":
+        counts["gw_err"] = 1  # answered by the gateway without QBO saying anything
+    if fault is not None and fault is not FaultClass.OK:
+        counts[f"f_{fault.value}"] = 1
+    if outcome == "upstream" and latency > 0:
+        counts["lat_ms"] = round(latency * 1000)
+        counts[latency_bin(latency)] = 1
+    return counts
 
 
 def classify_outcome(outcome: str, status: int, fault: FaultClass | None) -> bool | None:
@@ -70,6 +97,7 @@ class TrafficRules:
         now = self.clock.now()
         verdict = classify_outcome(outcome, status, fault)
         detail = outcome if fault is None else _DETAIL.get((outcome, fault), outcome)
+        self.history.count(realm_id, now, _counters(outcome, latency, fault, verdict, probe))
         if probe:
             self.metrics.health_checks.labels(
                 result={True: "ok", False: "failure", None: "inconclusive"}[verdict]
@@ -150,6 +178,7 @@ class TrafficRules:
     def stale_served(self, realm_id: str, *, reason: str, age: float) -> None:
         stats = self.table.stats_for(realm_id)
         stats.last_stale_at = self.clock.now()
+        self.history.count(realm_id, stats.last_stale_at, {"stale": 1})
         stats.stale_reason = reason
         self.history.add(
             realm_id, HistoryEntry(stats.last_stale_at, "stale", False, 0, 0.0, reason)
@@ -159,6 +188,7 @@ class TrafficRules:
         stats = self.table.stats_for(realm_id)
         stats.breaker = state
         now = self.clock.now()
+        self.history.count(realm_id, now, {_BREAKER_FIELD[state]: 1})
         self.history.add(
             realm_id,
             HistoryEntry(now, "breaker", state is BreakerState.CLOSED, 0, 0.0, state.value),
@@ -168,7 +198,8 @@ class TrafficRules:
                 realm_id,
                 "circuit_open",
                 "critical",
-                message="Circuit open: requests to QuickBooks are paused",
+                message="Circuit open after consecutive failed attempts to QuickBooks "
+                "(each retry is an attempt): requests are paused",
                 started_at=stats.failure_run_started or now,
             )
         elif state is BreakerState.CLOSED:

@@ -14,6 +14,7 @@ from typing import Any
 from qbo_gateway.clock import Clock
 from qbo_gateway.health.alert_rules import alert_json, iso
 from qbo_gateway.health.alerts import AlertManager
+from qbo_gateway.health.buckets import Series, total
 from qbo_gateway.health.grading import (
     STATUS_RANK,
     STATUSES,
@@ -23,10 +24,20 @@ from qbo_gateway.health.grading import (
     status_counts,
 )
 from qbo_gateway.health.probe_cycle import ProbeCycle
-from qbo_gateway.health.sla import Incidents, alert_delay, incidents_by_realm, sla_block, uptime
-from qbo_gateway.health.stats import RealmTable, percentile
+from qbo_gateway.health.sla import (
+    Incidents,
+    SlaTargets,
+    Window,
+    incidents_by_realm,
+    overlap,
+    running_outages,
+    sla_block,
+)
+from qbo_gateway.health.stats import RealmTable
+from qbo_gateway.health.store_memory import HealthStore
 from qbo_gateway.health.token_rules import TokenRules
 from qbo_gateway.metrics import Metrics
+from qbo_gateway.state.errors import StateUnavailable
 
 _DASHBOARD_ROWS = 500  # default page: the worst realms first; ?limit= asks for more
 
@@ -43,7 +54,13 @@ class HealthViews:
         cycle: ProbeCycle,
         clock: Clock,
         metrics: Metrics,
+        store: HealthStore,
+        targets: SlaTargets,
+        bucket_seconds: float,
     ) -> None:
+        self.store = store
+        self.targets = targets
+        self.bucket_seconds = bucket_seconds
         self.table = table
         self.alerts = alerts
         self.tokens = tokens
@@ -84,6 +101,16 @@ class HealthViews:
             **await self._extra(),
         }
 
+    async def fleet_history(self) -> tuple[Series, Window]:
+        """The fleet's buckets over the history window (shared by every replica)."""
+        now = self.clock.now()
+        window = Window.ending(now, history=self.table.history_seconds, width=self.bucket_seconds)
+        try:
+            series = await self.store.fleet_series(first=window.first, last=window.last)
+        except StateUnavailable:
+            series = {}
+        return series, window
+
     async def dashboard(
         self, *, status: str | None = None, limit: int | None = None, offset: int = 0
     ) -> dict[str, Any]:
@@ -91,61 +118,32 @@ class HealthViews:
         await self.tokens.refresh_quietly()
         table = self.table
         now = self.clock.now()
-        cutoff = now - table.history_seconds
-        incidents = incidents_by_realm(self.alerts, table.window_start(now), now)
         counts = dict.fromkeys(STATUSES, 0)
         selected: list[tuple[int, str, str]] = []
-        total_ok = total_failed = 0
-        lat_sum = 0.0
-        lat_n = 0
-        downtime = 0.0
-        recoveries: list[float] = []
-        for inc in incidents.values():
-            downtime += inc.downtime
-            recoveries.extend(inc.recoveries)
         for realm_id in table.realms:
-            stats = table.stats.get(realm_id)
-            if stats is not None:
-                stats.trim(cutoff)
-                total_ok += stats.ok
-                total_failed += stats.failed
-                lat_sum += stats.latency_sum
-                lat_n += stats.latency_n
             state = realm_status(table, self.alerts, realm_id, now)
             counts[state] += 1
             if status is None or state == status:
                 selected.append((STATUS_RANK[state], realm_id, state))
         selected.sort()
         limit = _DASHBOARD_ROWS if limit is None else limit
+        incidents = incidents_by_realm(self.alerts, table.window_start(now), now)
         rows = [
             self._row(realm_id, state, incidents.get(realm_id), now)
             for _, realm_id, state in selected[offset : offset + limit]
         ]
-        while table.global_samples and table.global_samples[0][0] < cutoff:
-            table.global_samples.popleft()
-        span = now - table.window_start(now)
-        n = len(table.realms)
-        overall_uptime = 1.0 if span <= 0 or n == 0 else max(0.0, 1.0 - downtime / (span * n))
+        sla = await self._fleet_sla(len(table.realms))
         return {
             "generated_at": iso(now),
             "status": overall_status(counts),
             "totals": {
-                "realms": n,
+                "realms": len(table.realms),
                 **counts,
-                "requests_ok": total_ok,
-                "requests_failed": total_failed,
+                "requests_ok": sla["requests"] - sla["failed_requests"],
+                "requests_failed": sla["failed_requests"],
             },
             "alerts": self._alert_counts(),
-            "sla": sla_block(
-                uptime=overall_uptime,
-                avg=lat_sum / lat_n if lat_n else None,
-                p95=percentile([s for _, s in table.global_samples], 0.95),
-                incidents=sum(i.count for i in incidents.values()),
-                recoveries=recoveries,
-                alert_delay=alert_delay(self.alerts, now, table.history_seconds),
-                ok=total_ok,
-                failed=total_failed,
-            ),
+            "sla": sla,
             "monitor": self.cycle.monitor_json(),
             "realms": rows,
             "realms_total": len(selected),
@@ -153,6 +151,22 @@ class HealthViews:
             "limit": limit,
             **await self._extra(),
         }
+
+    async def _fleet_sla(self, realms: int) -> dict[str, Any]:
+        series, window = await self.fleet_history()
+        since = window.observed_since(series)
+        outages = running_outages(self.alerts)
+        if outages:
+            since = min(since if since is not None else window.now, *outages)
+        start = window.start if since is None else max(window.start, since)
+        return sla_block(
+            total(series, window.first, window.last),
+            span=window.now - start,
+            down_now=overlap(outages, start, window.now),
+            targets=self.targets,
+            realms=realms,
+            webhook=self.alerts.notifier is not None,
+        )
 
     def _alert_counts(self) -> dict[str, Any]:
         active = self.alerts.active()
@@ -175,12 +189,12 @@ class HealthViews:
             "realm_id": realm_id,
             "status": state,
             "breaker": stats.breaker.value if stats else "closed",
-            "consecutive_failures": stats.consecutive_failures if stats else 0,
+            "consecutive_failed_requests": stats.consecutive_failures if stats else 0,
             "last_success_at": iso(stats.last_success_at) if stats else None,
             "last_check_at": iso(stats.last_check_at) if stats else None,
             "avg_response_seconds": None if avg is None else round(avg, 4),
             "p95_response_seconds": None if p95 is None else round(p95, 4),
-            "uptime_ratio": round(uptime(incidents, now - self.table.window_start(now)), 6),
+            "uptime_ratio": _row_uptime(incidents, now - self.table.window_start(now)),
             "refresh_expires_at": iso(
                 _earliest(token.refresh_expires_at, token.refresh_hard_expires_at)
             )
@@ -189,6 +203,12 @@ class HealthViews:
             "needs_reconnect": bool(token and token.needs_reconnect),
             "alerts": sorted(self.alerts.active_for(realm_id)),
         }
+
+
+def _row_uptime(incidents: Incidents | None, span: float) -> float:
+    if incidents is None or span <= 0:
+        return 1.0
+    return round(max(0.0, 1.0 - incidents.downtime / span), 6)
 
 
 def _earliest(*values: float | None) -> float | None:

@@ -7,6 +7,7 @@ worker, so a slow or down receiver never holds up a request or the alert decisio
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,8 @@ class WebhookNotifier:
             step=lambda: self._deliver(self._queue.popleft()),
             on_error=lambda exc: log.error("alert_delivery_crashed", **failure(exc)),
         )
-        self.delivery_delays: deque[tuple[float, float]] = deque(maxlen=1000)
+        # Told of each delivered notification and when (the alert lifecycle times them).
+        self.on_delivered: Callable[[Notification, float], None] = lambda note, at: None
 
     def submit(self, note: Notification) -> None:
         if len(self._queue) == self._queue.maxlen:
@@ -95,13 +97,11 @@ class WebhookNotifier:
                     await resp.read()
                     if resp.status < 300:
                         self._metrics.alert_deliveries.labels(result="success").inc()
-                        self.delivery_delays.append(
-                            (self._clock.now(), max(0.0, self._clock.now() - note.detected_at))
-                        )
+                        self.on_delivered(note, self._clock.now())
                         log.info(
                             "alert_delivered",
                             alert_id=note.alert.id,
-                            event=note.event,
+                            notification=note.event,
                             attempt=attempt,
                         )
                         return

@@ -26,8 +26,9 @@ from qbo_gateway.health.history_writer import HistoryBuffer
 from qbo_gateway.health.housekeeping import HousekeepingTick
 from qbo_gateway.health.observer import HealthObserver
 from qbo_gateway.health.probe_cycle import ProbeCycle
+from qbo_gateway.health.sla import SlaTargets
 from qbo_gateway.health.stats import RealmTable
-from qbo_gateway.health.store_memory import HealthStore, HistoryEntry
+from qbo_gateway.health.store_memory import BUCKET_SECONDS, HealthStore, HistoryEntry
 from qbo_gateway.health.token_rules import TokenRules
 from qbo_gateway.health.traffic_rules import TrafficRules
 from qbo_gateway.health.views import HealthViews
@@ -57,6 +58,8 @@ class HealthOptions:
 
     interval: float = 300.0
     history_seconds: float = 86400.0
+    bucket_seconds: float = BUCKET_SECONDS
+    targets: SlaTargets = field(default_factory=SlaTargets)
     autostart: bool = True
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
     webhook_url: str | None = None
@@ -70,6 +73,13 @@ class HealthOptions:
         return cls(
             interval=settings.monitor_interval_seconds,
             history_seconds=settings.health_history_seconds,
+            bucket_seconds=settings.health_bucket_seconds,
+            targets=SlaTargets(
+                uptime_ratio=settings.sla_uptime_target,
+                avg_response_seconds=settings.sla_avg_response_seconds,
+                recovery_seconds=settings.sla_recovery_seconds,
+                detect_seconds=settings.sla_detect_seconds,
+            ),
             autostart=settings.monitor_autostart,
             thresholds=AlertThresholds(
                 slow_warning=settings.alert_slow_warning_seconds,
@@ -123,8 +133,9 @@ class Health:
 
     async def flush(self) -> None:
         """Wait until buffered history and alert writes are stored (tests, admin check)."""
-        await self.history.flush()
+        # Alert writes first: storing an alert adds incident times to the history.
         await self.alerts.flush()
+        await self.history.flush()
 
     async def check_now(self, realm_id: str) -> HistoryEntry | None:
         """Probe one realm at once (admin action); returns the check it recorded."""
@@ -148,14 +159,17 @@ def build_health(
     owner: str | None = None,
 ) -> Health:
     """Wire the health parts around one realm table and one alert manager."""
-    alerts = _alert_manager(options, store=store, clock=clock, metrics=metrics, session=session)
+    history = HistoryBuffer(store=store, clock=clock, bucket_seconds=options.bucket_seconds)
+    alerts = _alert_manager(
+        options, store=store, clock=clock, metrics=metrics, session=session, history=history
+    )
     table = RealmTable(
         clock=clock, interval=options.interval, history_seconds=options.history_seconds
     )
-    history = HistoryBuffer(store=store, clock=clock)
     token_rules = TokenRules(
         table=table,
         alerts=alerts,
+        history=history,
         clock=clock,
         thresholds=options.thresholds,
         realm_ids=sources.realm_ids,
@@ -210,6 +224,9 @@ def _add_views(
         cycle=health.cycle,
         clock=health.clock,
         metrics=metrics,
+        store=health.store,
+        targets=health.options.targets,
+        bucket_seconds=health.options.bucket_seconds,
     )
     health.business_view = BusinessView(
         table=health.table,
@@ -220,6 +237,8 @@ def _add_views(
         token_status=sources.token_status,
         load=sources.load,
         policy=policy,
+        targets=health.options.targets,
+        bucket_seconds=health.options.bucket_seconds,
     )
 
 
@@ -230,11 +249,13 @@ def _alert_manager(
     clock: Clock,
     metrics: Metrics,
     session: aiohttp.ClientSession | None,
+    history: HistoryBuffer,
 ) -> AlertManager:
     return AlertManager(
         store=store,
         clock=clock,
         metrics=metrics,
+        history=history,
         notifier=_notifier(options, session, clock, metrics),
         history_seconds=options.history_seconds,
     )

@@ -55,6 +55,14 @@ class RedisKeys:
     def health_history(self, realm_id: str) -> str:
         return self.realm_key(realm_id, "history")
 
+    def health_bucket(self, realm_id: str, bucket: int) -> str:
+        return self.realm_key(realm_id, f"hb:{bucket}")
+
+    def fleet_bucket(self, bucket: int) -> str:
+        # The fleet's buckets share one hash tag of their own: a dashboard reads a day of
+        # them in one pipeline to one node, and no command mixes them with a realm's keys.
+        return f"{self.prefix}:{{qbo-fleet}}:hb:{bucket}"
+
     def alerts(self) -> str:
         return f"{self.prefix}:alerts"
 
