@@ -119,8 +119,9 @@ async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str)
     assert detail["sla"]["downtime_seconds"] == 60.0
     assert detail["sla"]["targets"]["uptime_ratio"]["met"] is False
     assert detail["sla"]["incidents"] == 1
-    timeline = detail["timeline"]  # one point per hour of the day, the newest last
-    assert len(timeline) == 24 and timeline[-1]["uptime_ratio"] == 0.0
+    timeline = detail["timeline"]  # one point per clock hour of the day, the newest last
+    assert len(timeline) == 25 and timeline[-1]["uptime_ratio"] == 0.0
+    assert timeline[-1]["start"].endswith(":00:00Z") and timeline[1]["start"].endswith(":00:00Z")
     assert {p["uptime_ratio"] for p in timeline[:-1]} == {None}  # nothing seen before
     assert [x["kind"] for x in detail["alerts"]] == ["circuit_open"]
     assert "recent_checks" in detail and "latency" in detail

@@ -23,6 +23,7 @@ from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.ops.health_api import add_health_routes
+from qbo_gateway.health.wiring import Health
 from tests.test_health import FakeGateway, fail, make_monitor, ok
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,12 +66,32 @@ async def _chromium(*args: str, profile: str) -> bytes:
     return out
 
 
+async def _a_day_of_history(monitor: Health, gw: FakeGateway) -> None:
+    """24 hours: steady traffic and renewals, a 40-minute outage of one realm at hour 6,
+    failing renewals at hour 15, gateway errors at hour 20."""
+    for hour in range(24):
+        for minute in range(0, 60, 10):
+            for realm in REALMS:
+                if hour == 6 and minute < 40 and realm == REALMS[1]:
+                    fail(monitor, realm)
+                else:
+                    ok(monitor, realm, 0.3)
+            if hour == 20:
+                monitor.observer.request_finished(
+                    REALMS[2], outcome="error", status=503, latency=0.0, fault=None
+                )
+            gw.clock.advance(600)
+        monitor.observer.token_event(REALMS[3], "refresh_failed" if hour == 15 else "refreshed")
+        await monitor.flush()
+
+
 async def test_status_page_renders_in_chromium_without_realm_ids(aiohttp_server: Any) -> None:
     gw = FakeGateway(ManualClock())
     for realm in REALMS:
         gw.add_realm(realm)
     monitor = make_monitor(gw, metrics=Metrics(CollectorRegistry()), autostart=False)
     await monitor.token_rules.refresh(force=True)
+    await _a_day_of_history(monitor, gw)
     monitor.observer.breaker_changed(REALMS[0], BreakerState.OPEN)
     for _ in range(3):
         fail(monitor, REALMS[1])
@@ -100,3 +121,8 @@ async def test_status_page_renders_in_chromium_without_realm_ids(aiohttp_server:
     for realm in REALMS:
         assert realm not in dom
     assert "admin-secret" not in dom
+    # 24 hourly bars per component: connectivity dips at the outage, tokens at the failures.
+    assert dom.count('class="bar ') == 3 * 24
+    assert dom.count('class="bar major"') == 3  # the outage, the renewals, the errors
+    assert "uptime over the last 24 hours" in dom
+    assert "<script" not in dom

@@ -3,37 +3,27 @@
 Every route is served under `/health/...` and `/integrations/qbo/health/...` (the prefix
 services used before the gateway). Reads are open on the ops listener; actions (ack,
 start/stop, check) need `Authorization: Bearer <QBO_ADMIN_TOKEN>`, compared in constant
-time; with no admin token configured every action answers 401. The status page is plain
-HTML that refreshes itself, built from `public_status` (no realm ids, no secrets), every
-value escaped.
+time; with no admin token configured every action answers 401. The status page itself is
+built in `status_page`.
 """
 
 from __future__ import annotations
 
 import hmac
-import html
 import re
-from importlib import resources
-from string import Template
-from typing import Any
 
 from aiohttp import web
 
 from qbo_gateway.faults import gateway_fault
-from qbo_gateway.health.alert_rules import alert_json, iso
+from qbo_gateway.health.alert_rules import alert_json
 from qbo_gateway.health.business_view import entry_json
 from qbo_gateway.health.grading import STATUSES, realm_status
 from qbo_gateway.health.wiring import Health
+from qbo_gateway.ops.status_page import public_status, render_status_page
 
 PREFIXES = ("/health", "/integrations/qbo/health")
 _REALM = re.compile(r"^[0-9]{1,32}$")
 _STATE_FILTERS = ("active", "acknowledged", "resolved")
-_STATUS_WORDS = {"operational": "Operational", "degraded": "Degraded", "outage": "Outage"}
-
-
-def _template() -> Template:
-    text = resources.files("qbo_gateway.ops").joinpath("templates", "status_page.html")
-    return Template(text.read_text("utf-8"))
 
 
 def _problem(status: int, message: str) -> web.Response:
@@ -72,163 +62,6 @@ def _int_query(request: web.Request, name: str) -> int | None:
         ) from None
 
 
-def render_status_page(model: dict[str, Any]) -> str:
-    esc = html.escape
-    components = "\n".join(
-        f"    <li><span>{esc(c['name'])}</span>"
-        f'<span class="state {esc(c["status"])}">{esc(_STATUS_WORDS[c["status"]])}</span></li>'
-        for c in model["components"]
-    )
-    if model["incidents"]:
-        incidents = "\n".join(
-            '    <article class="incident">'
-            f"<h3>{esc(i['title'])}</h3>"
-            f"<p>{esc(i['detail'])}</p>"
-            f'<p class="muted">Affecting {esc(i["affected"])} since '
-            f'<time datetime="{esc(i["since"] or "")}">{esc(_readable(i["since"]))}</time>.</p>'
-            "</article>"
-            for i in model["incidents"]
-        )
-    else:
-        incidents = '    <p class="muted">No incidents right now.</p>'
-    return _template().substitute(
-        headline=esc(model["headline"]),
-        overall=esc(model["overall"]),
-        components=components,
-        incidents=incidents,
-        updated_at=esc(model["updated_at"] or ""),
-        updated_at_text=esc(_readable(model["updated_at"])),
-    )
-
-
-def _readable(stamp: str | None) -> str:
-    if not stamp:
-        return "unknown"
-    return stamp.replace("T", " ").replace("Z", " UTC")
-
-
-def public_status(health: Health) -> dict[str, Any]:
-    """What clients may see: components and incidents in plain words, no realm ids."""
-    now = health.clock.now()
-    n = max(1, len(health.table.realms))
-    affected: dict[str, set[str]] = {}
-    since: dict[str, float] = {}
-    for alert in health.alerts.active():
-        if alert.kind == "refresh_token_expiring" and alert.severity != "critical":
-            continue
-        affected.setdefault(alert.kind, set()).add(alert.realm_id)
-        since[alert.kind] = min(since.get(alert.kind, alert.started_at), alert.started_at)
-    connectivity_down = len(
-        affected.get("circuit_open", set())
-        | {
-            a.realm_id
-            for a in health.alerts.active()
-            if a.kind == "consecutive_failures" and a.severity == "critical"
-        }
-    )
-    connectivity_any = set().union(
-        *(
-            affected.get(k, set())
-            for k in ("consecutive_failures", "circuit_open", "slow_responses", "throttled")
-        )
-    )
-    token_any = set().union(
-        *(
-            affected.get(k, set())
-            for k in ("refresh_failing", "reconnect_required", "refresh_token_expiring")
-        )
-    )
-    components = [
-        {
-            "name": "QuickBooks connectivity",
-            "status": _component_status(connectivity_down, len(connectivity_any), n),
-        },
-        {"name": "Token service", "status": _component_status(0, len(token_any), n)},
-        {
-            "name": "Gateway",
-            "status": "operational" if health.backend_up() else "degraded",
-        },
-    ]
-    worst = max(components, key=lambda c: _COMPONENT_RANK[c["status"]])["status"]
-    incidents = []
-    for kind in _INCIDENT_ORDER:
-        realms = affected.get(kind)
-        if not realms:
-            continue
-        count = len(realms)
-        incidents.append(
-            {
-                "title": _INCIDENT_WORDS[kind][0],
-                "detail": _INCIDENT_WORDS[kind][1],
-                "affected": f"{count} connected {'company' if count == 1 else 'companies'}",
-                "since": iso(since[kind]),
-            }
-        )
-    return {
-        "overall": worst,
-        "headline": _HEADLINES[worst],
-        "components": components,
-        "incidents": incidents,
-        "updated_at": iso(now),
-    }
-
-
-_COMPONENT_RANK = {"operational": 0, "degraded": 1, "outage": 2}
-_HEADLINES = {
-    "operational": "All systems operational",
-    "degraded": "Some services are degraded",
-    "outage": "Major service disruption",
-}
-_INCIDENT_ORDER = (
-    "circuit_open",
-    "consecutive_failures",
-    "reconnect_required",
-    "slow_responses",
-    "throttled",
-    "refresh_failing",
-    "refresh_token_expiring",
-)
-_INCIDENT_WORDS = {
-    "circuit_open": (
-        "QuickBooks Online is unreachable for some companies",
-        "Requests are paused briefly and retried automatically; recent data may be shown "
-        "from a saved copy.",
-    ),
-    "consecutive_failures": (
-        "Requests to QuickBooks Online are failing for some companies",
-        "We are retrying automatically; recent data may be shown from a saved copy.",
-    ),
-    "reconnect_required": (
-        "Some companies need to reconnect QuickBooks",
-        "An account owner must sign in to QuickBooks again to restore the connection.",
-    ),
-    "slow_responses": (
-        "QuickBooks Online is responding slowly",
-        "Requests are completing, but more slowly than usual.",
-    ),
-    "throttled": (
-        "QuickBooks Online is limiting request rates",
-        "Requests are delayed briefly and complete once the limit lifts.",
-    ),
-    "refresh_failing": (
-        "Renewing QuickBooks access is being retried",
-        "Service continues normally while renewal is retried.",
-    ),
-    "refresh_token_expiring": (
-        "QuickBooks authorization expires soon for some companies",
-        "An account owner should reconnect QuickBooks to avoid an interruption.",
-    ),
-}
-
-
-def _component_status(down: int, affected: int, total: int) -> str:
-    if down and down * 2 >= total:
-        return "outage"
-    if affected:
-        return "degraded"
-    return "operational"
-
-
 def add_health_routes(app: web.Application, health: Health, *, admin_token: str | None) -> None:
     """Register every health route under both prefixes."""
 
@@ -256,7 +89,7 @@ def add_health_routes(app: web.Application, health: Health, *, admin_token: str 
         return web.json_response(body)
 
     async def status_page(request: web.Request) -> web.Response:
-        page = render_status_page(public_status(health))
+        page = render_status_page(await public_status(health))
         return web.Response(
             text=page,
             content_type="text/html",
