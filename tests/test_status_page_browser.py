@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry
 
 from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.clock import ManualClock
+from qbo_gateway.health.wiring import Health
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.ops.health_api import add_health_routes
-from qbo_gateway.health.wiring import Health
 from tests.test_health import FakeGateway, fail, make_monitor, ok
 
 CHROMIUM = Path("/usr/bin/chromium")
