@@ -1,7 +1,9 @@
-"""How long /health/summary and /health/dashboard take with 10,000 realms.
+"""How long /health/summary and /health/dashboard take with 10,000 realms and a full day.
 
 Builds the health subsystem over 10,000 fake realms (tokens, traffic, some alerts and past
-incidents), serves the health API on a real local port and times each route over HTTP.
+incidents), fills 24 hours of per-minute history buckets for every realm and for the fleet,
+serves the health API on a real local port and times each route over HTTP. It reports the
+bytes a realm's day of buckets takes in process (and the process's resident growth).
 `--examples` prints one example of each JSON shape instead (for the README).
 
     .venv/bin/python bench/health_10k.py [--realms 10000] [--runs 20] [--examples]
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
+import resource
 import statistics
 import sys
 import time
@@ -26,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qbo_gateway.admission.records import BreakerState, RealmLoad
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.faults import FaultClass
+from qbo_gateway.health.bucket_ring import BucketRing
+from qbo_gateway.health.buckets import Series
 from qbo_gateway.health.store_memory import MemoryHealthStore
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
 from qbo_gateway.metrics import Metrics
@@ -82,6 +88,36 @@ def build(realms: int) -> tuple[Health, ManualClock, list[str]]:
     return monitor, clock, ids
 
 
+def fill_day(monitor: Health, clock: ManualClock, ids: list[str]) -> None:
+    """A full day of minute buckets: one realm's made from counters, the others cloned
+    (filling 14 million buckets one by one would take minutes), the fleet's summed."""
+    store = monitor.store
+    assert isinstance(store, MemoryHealthStore)
+    width = store.bucket_seconds
+    last = int(clock.now() // width)
+    series: Series = {}
+    for bucket in range(last - 1439, last + 1):
+        counts = {"req": 21, "ok": 20, "fail": 1, "lat_ms": 20 * 310, "h2": 14, "h3": 6}
+        if bucket % 60 == 0:
+            counts.update({"tok_ok": 1, "down_ms": 15_000, "br_open": 1, "br_close": 1})
+        series[bucket] = counts
+    template = ids[0]
+    store._rings.pop(template, None)
+    loop_add(store, {template: series})
+    ring = store._rings[template]
+    for realm in ids[1:]:
+        store._rings[realm] = copy.deepcopy(ring)
+    fleet: Series = {b: {k: v * len(ids) for k, v in c.items()} for b, c in series.items()}
+    for bucket, counts in fleet.items():
+        store._fleet.add(bucket, counts)
+
+
+def loop_add(store: MemoryHealthStore, realms: dict[str, Series]) -> None:
+    for realm, series in realms.items():
+        for bucket, counts in series.items():
+            store._rings.setdefault(realm, BucketRing(store._slots)).add(bucket, counts)
+
+
 def feed(monitor: Health, clock: ManualClock, ids: list[str]) -> None:
     """A day of traffic in 24 steps: every realm busy, a few failing and recovering."""
     for hour in range(24):
@@ -111,26 +147,39 @@ def feed(monitor: Health, clock: ManualClock, ids: list[str]) -> None:
             monitor.observer.throttled(realm, until=clock.now() + 60)
 
 
-async def timed(session: aiohttp.ClientSession, url: str, runs: int) -> tuple[list[float], int]:
+async def timed(
+    session: aiohttp.ClientSession, url: str, runs: int
+) -> tuple[list[float], list[float], int]:
+    """Wall and CPU seconds per request (CPU: this process, server and client together;
+    on a shared machine the wall time mostly measures the neighbours)."""
     times: list[float] = []
+    cpu: list[float] = []
     size = 0
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         async with session.get(url) as resp:
             body = await resp.read()
             assert resp.status == 200, resp.status
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         size = len(body)
-    return times, size
+    return times, cpu, size
 
 
-def describe(name: str, times: list[float], size: int) -> str:
+def describe(name: str, times: list[float], cpu: list[float], size: int) -> str:
     ms = sorted(t * 1000 for t in times)
     p95 = ms[max(0, round(0.95 * len(ms)) - 1)]
     return (
-        f"{name:<22} runs={len(ms):<3} median={statistics.median(ms):7.1f} ms  "
-        f"p95={p95:7.1f} ms  max={ms[-1]:7.1f} ms  body={size / 1024:8.1f} KiB"
+        f"{name:<30} runs={len(ms):<3} median={statistics.median(ms):7.1f} ms  "
+        f"p95={p95:7.1f} ms  cpu median={statistics.median(cpu) * 1000:6.1f} ms  "
+        f"body={size / 1024:7.1f} KiB"
     )
+
+
+def _rss() -> int:
+    """Resident bytes now (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize()
 
 
 async def main() -> None:
@@ -147,6 +196,13 @@ async def main() -> None:
     feed(monitor, clock, ids)
     feed_seconds = time.perf_counter() - started
     await monitor.flush()
+    rss_before = _rss()
+    started = time.perf_counter()
+    fill_day(monitor, clock, ids)
+    fill_seconds = time.perf_counter() - started
+    rss_after = _rss()
+    store = monitor.store
+    assert isinstance(store, MemoryHealthStore)
     app = web.Application()
     add_health_routes(app, monitor, admin_token=None)
     runner = web.AppRunner(app, access_log=None)
@@ -165,15 +221,20 @@ async def main() -> None:
                 return
             events = len(ids) * 24 * 3
             print(f"realms={len(ids)} fed {events} outcomes in {feed_seconds:.1f} s")
+            print(
+                f"24 h of minute buckets: {store.bucket_bytes(ids[1])} bytes per realm in its "
+                f"ring; resident growth {(rss_after - rss_before) / len(ids):.0f} bytes "
+                f"per realm (filled in {fill_seconds:.1f} s)"
+            )
             print(f"active alerts={len(monitor.alerts.active())}")
-            for name in ("summary", "dashboard"):
-                first, _ = await timed(session, f"{base}/{name}", 1)
-                times, size = await timed(session, f"{base}/{name}", args.runs)
-                print(f"{'/health/' + name + ' first':<22} {first[0] * 1000:7.1f} ms")
-                print(describe(f"/health/{name}", times, size))
+            for name in ("summary", "dashboard", f"business/{ids[7]}", "status-page"):
+                first, _, _ = await timed(session, f"{base}/{name}", 1)
+                times, cpu, size = await timed(session, f"{base}/{name}", args.runs)
+                print(f"{'/health/' + name + ' first':<30} {first[0] * 1000:7.1f} ms")
+                print(describe(f"/health/{name}", times, cpu, size))
             every = f"dashboard?limit={len(ids)}"
-            times, size = await timed(session, f"{base}/{every}", args.runs)
-            print(describe(f"/health/{every}", times, size))
+            times, cpu, size = await timed(session, f"{base}/{every}", args.runs)
+            print(describe(f"/health/{every}", times, cpu, size))
     finally:
         await runner.cleanup()
         await monitor.close()

@@ -24,8 +24,7 @@ LATENCY_BOUNDS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 3
 HIST_FIELDS: tuple[str, ...] = tuple(f"h{i}" for i in range(len(LATENCY_BOUNDS) + 1))
 # Counters nearly every busy minute has: kept densely in the in-process ring.
 DENSE_FIELDS: tuple[str, ...] = ("req", "ok", "fail", *HIST_FIELDS)
-# Per-incident times: one field per alert id, value in milliseconds.
-TIMED_PREFIXES = ("det:", "dlv:", "rec:")
+# Per-incident times are one field per alert id ("det:<id>", "dlv:<id>", "rec:<id>"), in ms.
 
 
 def latency_bin(seconds: float) -> str:
@@ -94,13 +93,13 @@ def add_into(into: Counts, counts: Counts) -> None:
 def total(series: Series, first: int, last: int) -> Totals:
     """Sum buckets first..last (inclusive)."""
     out = Totals()
+    sums = out.counts
+    timed = {"det:": out.detect_ms, "dlv:": out.deliver_ms, "rec:": out.recover_ms}
     for bucket, counts in series.items():
         if first <= bucket <= last:
             for name, n in counts.items():
-                if name.startswith(TIMED_PREFIXES):
-                    {"det:": out.detect_ms, "dlv:": out.deliver_ms, "rec:": out.recover_ms}[
-                        name[:4]
-                    ].append(n)
+                if name[3:4] == ":":  # det:<id>, dlv:<id>, rec:<id>
+                    timed[name[:4]].append(n)
                 else:
-                    out.counts[name] = out.counts.get(name, 0) + n
+                    sums[name] = sums.get(name, 0) + n
     return out

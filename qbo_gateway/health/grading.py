@@ -49,11 +49,30 @@ def status_counts(
 ) -> tuple[dict[str, int], dict[str, str]]:
     counts = dict.fromkeys(STATUSES, 0)
     by_realm: dict[str, str] = {}
+    with_alerts = alerts.realms_with_alerts()
     for realm_id in table.realms:
-        status = realm_status(table, alerts, realm_id, now)
+        # Most realms have no alert and nothing odd: said "healthy" without the full rule
+        # (the same answer, a third of the cost: summaries grade 10,000 realms).
+        if realm_id in with_alerts or not _plainly_healthy(table, realm_id, now):
+            status = realm_status(table, alerts, realm_id, now)
+        else:
+            status = "healthy"
         counts[status] += 1
         by_realm[realm_id] = status
     return counts, by_realm
+
+
+def _plainly_healthy(table: RealmTable, realm_id: str, now: float) -> bool:
+    token = table.tokens.get(realm_id)
+    if token is not None and (
+        token.needs_reconnect or (token.refresh_failing and token.access_expires_at <= now)
+    ):
+        return False
+    stats = table.stats.get(realm_id)
+    return stats is None or (
+        stats.breaker is BreakerState.CLOSED
+        and (stats.last_stale_at is None or stats.last_stale_at <= now - table.interval)
+    )
 
 
 def set_realm_gauge(metrics: Metrics, counts: dict[str, int]) -> None:

@@ -17,9 +17,7 @@ from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.buckets import Series, total
 from qbo_gateway.health.grading import (
     STATUS_RANK,
-    STATUSES,
     overall_status,
-    realm_status,
     set_realm_gauge,
     status_counts,
 )
@@ -118,14 +116,12 @@ class HealthViews:
         await self.tokens.refresh_quietly()
         table = self.table
         now = self.clock.now()
-        counts = dict.fromkeys(STATUSES, 0)
-        selected: list[tuple[int, str, str]] = []
-        for realm_id in table.realms:
-            state = realm_status(table, self.alerts, realm_id, now)
-            counts[state] += 1
-            if status is None or state == status:
-                selected.append((STATUS_RANK[state], realm_id, state))
-        selected.sort()
+        counts, states = status_counts(table, self.alerts, now)
+        selected = sorted(
+            (STATUS_RANK[state], realm_id, state)
+            for realm_id, state in states.items()
+            if status is None or state == status
+        )
         limit = _DASHBOARD_ROWS if limit is None else limit
         incidents = incidents_by_realm(self.alerts, table.window_start(now), now)
         rows = [
