@@ -64,32 +64,51 @@ def _int_query(request: web.Request, name: str) -> int | None:
 
 def add_health_routes(app: web.Application, health: Health, *, admin_token: str | None) -> None:
     """Register every health route under both prefixes."""
+    routes = HealthRoutes(health, admin_token)
+    for prefix in PREFIXES:
+        app.router.add_get(f"{prefix}/summary", routes.summary)
+        app.router.add_get(f"{prefix}/dashboard", routes.dashboard)
+        app.router.add_get(f"{prefix}/status-page", routes.status_page)
+        app.router.add_get(f"{prefix}/alerts", routes.alerts)
+        app.router.add_get(f"{prefix}/business/{{realm_id}}", routes.business)
+        app.router.add_post(f"{prefix}/business/{{realm_id}}/check", routes.check)
+        app.router.add_post(f"{prefix}/alerts/{{alert_id}}/ack", routes.ack)
+        app.router.add_post(f"{prefix}/admin/start-monitoring", routes.start)
+        app.router.add_post(f"{prefix}/admin/stop-monitoring", routes.stop)
 
-    async def summary(request: web.Request) -> web.Response:
-        return web.json_response(await health.views.summary())
 
-    async def dashboard(request: web.Request) -> web.Response:
+class HealthRoutes:
+    """The handlers, each using the health part it needs."""
+
+    def __init__(self, health: Health, admin_token: str | None) -> None:
+        self.health = health
+        self.admin_token = admin_token
+
+    async def summary(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.health.views.summary())
+
+    async def dashboard(self, request: web.Request) -> web.Response:
         status = request.query.get("status")
         if status is not None and status not in STATUSES:
             return _problem(400, f"status must be one of {', '.join(STATUSES)}")
-        body = await health.views.dashboard(
+        body = await self.health.views.dashboard(
             status=status,
             limit=_int_query(request, "limit"),
             offset=_int_query(request, "offset") or 0,
         )
         return web.json_response(body)
 
-    async def business(request: web.Request) -> web.Response:
+    async def business(self, request: web.Request) -> web.Response:
         realm_id = request.match_info["realm_id"]
         if not _REALM.match(realm_id):
             return _problem(400, "realm id must be digits")
-        body = await health.business_view.business(realm_id)
+        body = await self.health.business_view.business(realm_id)
         if body is None:
             return _problem(404, "unknown realm")
         return web.json_response(body)
 
-    async def status_page(request: web.Request) -> web.Response:
-        page = render_status_page(await public_status(health))
+    async def status_page(self, request: web.Request) -> web.Response:
+        page = render_status_page(await public_status(self.health))
         return web.Response(
             text=page,
             content_type="text/html",
@@ -97,43 +116,44 @@ def add_health_routes(app: web.Application, health: Health, *, admin_token: str 
             headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
         )
 
-    async def alerts(request: web.Request) -> web.Response:
+    async def alerts(self, request: web.Request) -> web.Response:
         state = request.query.get("state")
         if state is not None and state not in (*_STATE_FILTERS, "all"):
             return _problem(400, "state must be active, acknowledged, resolved or all")
-        items = await health.alerts.list_alerts()
+        items = await self.health.alerts.list_alerts()
         if state is not None and state != "all":
             items = [a for a in items if a.state == state]
         return web.json_response(
             [alert_json(a) for a in items], headers={"X-Total-Count": str(len(items))}
         )
 
-    async def ack(request: web.Request) -> web.Response:
-        if not _authorized(request, admin_token):
+    async def ack(self, request: web.Request) -> web.Response:
+        if not _authorized(request, self.admin_token):
             return _unauthorized()
-        acked = await health.alerts.ack(request.match_info["alert_id"], by="admin")
+        acked = await self.health.alerts.ack(request.match_info["alert_id"], by="admin")
         if acked is None:
             return _problem(404, "unknown alert")
         return web.json_response(alert_json(acked))
 
-    async def start(request: web.Request) -> web.Response:
-        if not _authorized(request, admin_token):
+    async def start(self, request: web.Request) -> web.Response:
+        if not _authorized(request, self.admin_token):
             return _unauthorized()
-        started = await health.cycle.start()
+        started = await self.health.cycle.start()
         return web.json_response({"monitoring": True, "changed": started})
 
-    async def stop(request: web.Request) -> web.Response:
-        if not _authorized(request, admin_token):
+    async def stop(self, request: web.Request) -> web.Response:
+        if not _authorized(request, self.admin_token):
             return _unauthorized()
-        stopped = await health.cycle.stop()
+        stopped = await self.health.cycle.stop()
         return web.json_response({"monitoring": False, "changed": stopped})
 
-    async def check(request: web.Request) -> web.Response:
-        if not _authorized(request, admin_token):
+    async def check(self, request: web.Request) -> web.Response:
+        if not _authorized(request, self.admin_token):
             return _unauthorized()
         realm_id = request.match_info["realm_id"]
         if not _REALM.match(realm_id):
             return _problem(400, "realm id must be digits")
+        health = self.health
         await health.token_rules.refresh_quietly()
         if realm_id not in health.table.realms:
             return _problem(404, "unknown realm")
@@ -152,14 +172,3 @@ def add_health_routes(app: web.Application, health: Health, *, admin_token: str 
                 "check": entry_json(entry) if entry is not None else None,
             }
         )
-
-    for prefix in PREFIXES:
-        app.router.add_get(f"{prefix}/summary", summary)
-        app.router.add_get(f"{prefix}/dashboard", dashboard)
-        app.router.add_get(f"{prefix}/status-page", status_page)
-        app.router.add_get(f"{prefix}/alerts", alerts)
-        app.router.add_get(f"{prefix}/business/{{realm_id}}", business)
-        app.router.add_post(f"{prefix}/business/{{realm_id}}/check", check)
-        app.router.add_post(f"{prefix}/alerts/{{alert_id}}/ack", ack)
-        app.router.add_post(f"{prefix}/admin/start-monitoring", start)
-        app.router.add_post(f"{prefix}/admin/stop-monitoring", stop)
