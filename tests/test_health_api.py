@@ -111,7 +111,8 @@ async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str)
     detail = await resp.json()
     assert detail["status"] == "unhealthy"
     assert detail["breaker"]["state"] == "open"
-    assert detail["breaker"]["consecutive_failures"] == 5
+    assert detail["breaker"]["consecutive_failed_attempts"] == 5
+    assert detail["breaker"]["counts"] == "attempts"
     assert detail["token"]["needs_reconnect"] is False
     assert detail["token"]["access_expires_at"].endswith("Z")
     assert detail["rate_limit"]["requests_last_minute"] == 3
