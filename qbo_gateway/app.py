@@ -270,6 +270,9 @@ async def _start(gw: Gateway, backends: StateBackends) -> None:
     await backends.availability.check()
     # Writers only; the monitor loop and housekeeping start with the daemon.
     await gw.health.open(background=False)
+    # Pairs spilled by the last run go back first: the store may have lost them, and
+    # the bootstrap below must see them rather than import the environment's older pair.
+    await gw.tokens.reconcile()
     await _bootstrap_realm(gw)
 
 

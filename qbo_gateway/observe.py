@@ -21,6 +21,7 @@ TokenEvent = Literal[
     "reconnected",  # new tokens arrived for a realm that needed reconnecting
     "imported",  # tokens were imported or connected
     "removed",  # tokens were revoked and removed
+    "store_rolled_back",  # the store held an older pair than it had acknowledged
 ]
 
 

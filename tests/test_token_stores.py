@@ -117,6 +117,19 @@ async def test_delete_and_list(store: TokenStore) -> None:
     assert await store.get("2002") is None
 
 
+async def test_restore_keeps_the_version_and_never_goes_back(store: TokenStore) -> None:
+    newer = record(n=7).with_changes(version=7, updated_at=1_800_000_700.0)
+    assert await store.restore(newer) == newer  # into an empty store, at its own version
+    assert await store.get("1001") == newer
+    older = record(n=6).with_changes(version=6)
+    assert await store.restore(older) == newer  # an older pair never overwrites
+    same_later = newer.with_changes(refresh_token="later", updated_at=1_800_000_800.0)
+    assert await store.restore(same_later) == same_later  # same version: later issue wins
+    assert await store.restore(newer) == same_later
+    following = await store.put(record(n=8), expected_version=7)
+    assert following is not None and following.version == 8  # versions go on from there
+
+
 async def test_needs_reconnect_round_trips(store: TokenStore) -> None:
     v1 = await store.put(record(), expected_version=None)
     assert v1 is not None

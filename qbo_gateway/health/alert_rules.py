@@ -23,6 +23,7 @@ AlertKind = Literal[
     "throttled",
     "coreplus_usage",
     "coreplus_projection",
+    "token_store_rollback",
 ]
 # The realm id of an alert about the whole app (the month's metered reads), not one realm.
 APP_WIDE = "*"

@@ -70,6 +70,18 @@ class TokenRules:
             self.alerts.clear_realm(realm_id)
             return
         table.realms.add(realm_id)
+        if event == "store_rolled_back":
+            # Raised until the realm's next refresh is stored: the pair was written back,
+            # but an operator must learn that the store loses writes.
+            self.alerts.set_condition(
+                realm_id,
+                "token_store_rollback",
+                "critical",
+                message="The token store went back to an older pair; the newest was written back",
+            )
+            return
+        if event == "refreshed":
+            self.alerts.set_condition(realm_id, "token_store_rollback", None)
         previous = table.tokens.get(realm_id)
         if record is not None:
             table.tokens[realm_id] = TokenStatus(

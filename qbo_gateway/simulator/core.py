@@ -7,6 +7,7 @@ tests can drive and inspect it directly while the HTTP handlers in `oauth.py`, `
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections import deque
@@ -63,6 +64,9 @@ class Simulator:
         self.refresh_grants: dict[str, Grant] = {}
         self.auth_codes: dict[str, AuthCode] = {}
         self.token_calls = 0
+        self.invalid_grants = 0  # refresh grants refused: a dead or unknown refresh token
+        # Tests set an unset Event here to hold token calls until they set it.
+        self.token_hold: asyncio.Event | None = None
         self.token_requests: list[RecordedRequest] = []
         self.api_requests: list[RecordedRequest] = []
         self.api_request_count = 0
@@ -125,6 +129,7 @@ class Simulator:
 
     def reset_stats(self) -> None:
         self.token_calls = 0
+        self.invalid_grants = 0
         self.token_requests.clear()
         self.api_requests.clear()
         self.api_request_count = 0
@@ -135,6 +140,7 @@ class Simulator:
     def stats(self) -> JSONDict:
         return {
             "token_calls": self.token_calls,
+            "invalid_grants": self.invalid_grants,
             "token_requests": len(self.token_requests),
             "api_requests": self.api_request_count,
             "in_flight": self.in_flight,

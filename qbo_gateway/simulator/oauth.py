@@ -48,6 +48,8 @@ class OAuthRoutes:
             sim.faults, "token", request.method, grant.realm_id if grant else None, request.path
         )
         await asyncio.sleep(sim.token_latency + delay)
+        if sim.token_hold is not None:
+            await sim.token_hold.wait()
         if rule is not None and not (rule.kind == "disconnect" and rule.after):
             return token_fault(request, rule)
         if not basic_ok(request, sim.client_id, sim.client_secret):
@@ -68,6 +70,7 @@ class OAuthRoutes:
         grant = sim.refresh_grants.get(token)
         if grant is None or grant.expires_at <= sim.clock():
             sim.refresh_grants.pop(token, None)
+            sim.invalid_grants += 1
             return oauth_error(400, "invalid_grant")
         return self._token_response(request, sim.issue_tokens(grant.realm_id), grant.realm_id)
 

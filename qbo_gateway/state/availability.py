@@ -36,11 +36,16 @@ class BackendAvailability:
         self.ever_up = ping is None
         self._probe_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._on_up: list[Callable[[], None]] = []
         metrics.state_backend_up.set(1)
 
     @property
     def up(self) -> bool:
         return self._up
+
+    def on_up(self, listener: Callable[[], None]) -> None:
+        """Call `listener` each time the backend comes back (e.g. to reconcile tokens)."""
+        self._on_up.append(listener)
 
     def mark_up(self) -> None:
         self.ever_up = True
@@ -48,6 +53,8 @@ class BackendAvailability:
             self._up = True
             self._metrics.state_backend_up.set(1)
             log.warning("state_backend_up", backend="redis")
+            for listener in self._on_up:
+                listener()
 
     def mark_down(self, error: BaseException | None = None) -> None:
         if self._up:

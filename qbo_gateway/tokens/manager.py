@@ -13,6 +13,7 @@ refresh of each realm did) and `refresher` (the periodic pass over every realm).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import structlog
@@ -30,9 +31,11 @@ from qbo_gateway.tokens.crypto import TokenDecryptError
 from qbo_gateway.tokens.local_copy import TokenMemory
 from qbo_gateway.tokens.outcomes import RefreshOutcomes
 from qbo_gateway.tokens.policy import Mode, RefreshPolicy
+from qbo_gateway.tokens.reconcile import Reconciler
 from qbo_gateway.tokens.records import TokenRecord, TokenStatus, TokenStore
 from qbo_gateway.tokens.refresh import BACKOFF_BASE, TOKEN_ATTEMPTS, LockedRefresh
 from qbo_gateway.tokens.refresher import BackgroundRefresher
+from qbo_gateway.tokens.spill import SpillFile
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +74,7 @@ class TokenManager:
         lock_lease: float = 60,
         token_timeout: float = 15,
         availability: BackendAvailability | None = None,
+        spill: SpillFile | None = None,
     ) -> None:
         # The lease must outlive every attempt of one refresh, or a second replica could
         # take the lock while the first still holds a live token call.
@@ -81,7 +85,17 @@ class TokenManager:
         self._clock = clock
         self._observer = observer
         self._margin = margin
-        self._memory = TokenMemory(store=store, clock=clock, availability=availability)
+        spill = spill or SpillFile()  # memory only: for tests and tools without a state dir
+        self._memory = TokenMemory(
+            store=store,
+            clock=clock,
+            availability=availability,
+            spill=spill,
+            reconciler=Reconciler(store=store, spill=spill, observer=observer),
+        )
+        self._reconciling: asyncio.Task[int] | None = None
+        if availability is not None:
+            availability.on_up(self._store_back)
         self._outcomes = RefreshOutcomes()
         self._policy = RefreshPolicy(clock=clock, margin=margin)
         locked = LockedRefresh(
@@ -208,7 +222,7 @@ class TokenManager:
         stored = await self._store.put(record, expected_version=None, force=force)
         if stored is None:
             raise TokenExists(f"realm {realm_id} already has tokens (use --force to replace)")
-        self._memory.settle(realm_id)
+        await self._memory.settle(realm_id)
         self._outcomes.cleared(realm_id)
         self._memory.remember(stored)
         event: TokenEvent = (
@@ -228,7 +242,7 @@ class TokenManager:
 
     async def remove(self, realm_id: str) -> bool:
         removed = await self._store.delete(realm_id)
-        self._memory.forget(realm_id)
+        await self._memory.settle(realm_id)
         if removed:
             log.info("tokens_removed", realm_id=realm_id)
             self._observer.token_event(realm_id, "removed", None)
@@ -256,6 +270,29 @@ class TokenManager:
     async def run_refresher(self, interval: float) -> None:
         await self._refresher.run(interval)
 
+    # --- reconciliation with the store ------------------------------------------------
+
+    async def reconcile(self) -> int:
+        """Write back every pair this replica holds that the store lacks (on start and
+        after each store outage); returns how many realms were checked."""
+        if not self._memory.backend_up():
+            return 0
+        try:
+            return await self._memory.reconcile()
+        except StateUnavailable as exc:
+            self._memory.down(exc)
+            return 0
+
+    def _store_back(self) -> None:
+        if self._reconciling is None or self._reconciling.done():
+            with contextlib.suppress(RuntimeError):  # no running loop (sync callers)
+                self._reconciling = asyncio.get_running_loop().create_task(
+                    self.reconcile(), name="token-reconcile"
+                )
+
     async def drain(self) -> None:
         """Wait for refreshes in flight (they are never cut off)."""
         await self._coordinator.drain()
+        if self._reconciling is not None:
+            with contextlib.suppress(Exception):
+                await self._reconciling

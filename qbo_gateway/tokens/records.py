@@ -32,6 +32,11 @@ class TokenRecord:
     __str__ = __repr__
 
 
+def is_newer(a: TokenRecord, b: TokenRecord) -> bool:
+    """Whether `a` is the newer of two pairs of one realm: higher version, then later issue."""
+    return (a.version, a.updated_at) > (b.version, b.updated_at)
+
+
 class TokenStore(Protocol):
     """Durable, encrypted, versioned token records.
 
@@ -48,6 +53,13 @@ class TokenStore(Protocol):
     async def put(
         self, record: TokenRecord, *, expected_version: int | None, force: bool = False
     ) -> TokenRecord | None: ...
+
+    async def restore(self, record: TokenRecord) -> TokenRecord:
+        """Write `record` back at its own version unless the store holds a newer pair
+        (`is_newer`); returns what the store holds afterwards. Keeping the version (rather
+        than bumping it) is what lets every replica agree which pair is the newest after
+        a store lost writes."""
+        ...
 
     async def delete(self, realm_id: str) -> bool: ...
 

@@ -38,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 TOKEN_ATTEMPTS = 3
 BACKOFF_BASE = 0.5  # seconds before the second attempt; doubles, with jitter
-STORE_ATTEMPTS = 6
+STORE_ATTEMPTS = 2  # then the spill file holds the pair until the store is back
 
 
 class LockedRefresh:
@@ -148,7 +148,10 @@ class LockedRefresh:
             or current.refresh_hard_expires_at,
             needs_reconnect=False,
             updated_at=now,
+            version=current.version + 1,
         )
+        # On disk before anything uses it: the store may not take it, the process may die.
+        await self._memory.hold(fresh)
         stored = await self._put_durably(realm_id, fresh, current.version)
         self._metrics.token_refreshes.labels(result="success").inc()
         self._outcomes.succeeded(realm_id, now)
@@ -159,30 +162,32 @@ class LockedRefresh:
         return stored
 
     async def _put_durably(self, realm_id: str, fresh: TokenRecord, base: int) -> TokenRecord:
-        """Store a new pair before anyone uses it; the only copy must never be dropped."""
+        """Store a new pair; until the store has it, it stays in the spill file."""
         delay = 0.1
+        last_error: StateUnavailable | None = None
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
                 stored = await self._store.put(fresh, expected_version=base)
+                if stored is not None:
+                    await self._memory.stored(stored)
+                    return stored
+                # Someone wrote past us despite the lock (an import, or the store went
+                # back in time): reconciling keeps whichever pair is the newer.
+                winner = await self._memory.read(realm_id)
             except StateUnavailable as exc:
+                last_error = exc
                 log.error("token_store_retry", realm_id=realm_id, attempt=attempt, **failure(exc))
                 await self._clock.sleep(delay)
                 delay *= 2
                 continue
-            if stored is None:
-                # Someone wrote past us despite the lock (an import or connect): theirs is
-                # an operator's choice and newer; our pair is superseded.
-                winner = await self._store.get(realm_id)
+            if winner is None:
+                raise UnknownRealm(f"realm {realm_id} was removed during a refresh")
+            if winner.refresh_token != fresh.refresh_token:
                 log.warning("token_refresh_superseded", realm_id=realm_id)
-                if winner is None:
-                    raise UnknownRealm(f"realm {realm_id} was removed during a refresh")
-                self._memory.remember(winner)
-                return winner
-            self._memory.settle(realm_id)
-            self._memory.remember(stored)
-            return stored
-        # The backend stayed down: keep the only copy in memory, serve it, and store it as
-        # soon as the backend answers (before any further refresh of this realm).
-        self._memory.hold(realm_id, fresh, base)
-        log.critical("token_store_failed_pending", realm_id=realm_id)
+            return winner
+        # The backend stayed down: the pair is in the spill file and served from there;
+        # it is stored as soon as the backend answers (before any further refresh).
+        log.critical("token_store_failed_pending", realm_id=realm_id, spilled=True)
+        if last_error is not None:
+            self._memory.down(last_error)  # its recovery reconciles the spilled pair
         return fresh

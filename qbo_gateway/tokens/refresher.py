@@ -51,8 +51,8 @@ class BackgroundRefresher:
         if not self._memory.backend_up():
             return 0
         for realm_id in self._memory.pending_realms():
-            with contextlib.suppress(StateUnavailable):
-                await self._memory.flush_pending(realm_id)
+            with contextlib.suppress(StateUnavailable, GatewayError):
+                await self._memory.read(realm_id)  # reconciles the spilled pair
         try:
             records = await self._store.list_records()
         except StateUnavailable as exc:

@@ -18,7 +18,7 @@ from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
 from qbo_gateway.tokens.crypto import TokenCipher, TokenDecryptError, open_record, seal_record
-from qbo_gateway.tokens.records import TokenRecord
+from qbo_gateway.tokens.records import TokenRecord, is_newer
 
 log = structlog.get_logger(__name__)
 
@@ -76,21 +76,36 @@ class RedisTokenStore:
                 current = await self._call(self._redis.hget(key, "v"))
                 expected = None if current is None else int(current)
             stored = record.with_changes(version=(expected or 0) + 1)
-            done = await self._call(
-                self._cas(
-                    keys=[key],
-                    args=[
-                        "" if expected is None else str(expected),
-                        str(stored.version),
-                        seal_record(self._cipher, stored),
-                    ],
-                )
-            )
-            if done:
+            if await self._swap(stored, expected):
                 return stored
             if not force:
                 return None
         raise StateUnavailable("token record kept changing during a forced write")
+
+    async def restore(self, record: TokenRecord) -> TokenRecord:
+        await self._call(self._redis.sadd(self._keys.token_index(), record.realm_id))
+        for _ in range(_FORCE_ATTEMPTS):
+            current = await self.get(record.realm_id)
+            if current is not None and not is_newer(record, current):
+                return current
+            if await self._swap(record, None if current is None else current.version):
+                return record
+        raise StateUnavailable("token record kept changing during a restore")
+
+    async def _swap(self, stored: TokenRecord, expected: int | None) -> bool:
+        """Compare-and-set: `stored` (at its own version) if the version is `expected`."""
+        key = self._keys.token(stored.realm_id)
+        done = await self._call(
+            self._cas(
+                keys=[key],
+                args=[
+                    "" if expected is None else str(expected),
+                    str(stored.version),
+                    seal_record(self._cipher, stored),
+                ],
+            )
+        )
+        return bool(done)
 
     async def delete(self, realm_id: str) -> bool:
         # Record first, index last: the reverse order could leave a record nobody lists.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.tokens.crypto import TokenCipher, TokenDecryptError, open_record, seal_record
-from qbo_gateway.tokens.records import TokenRecord
+from qbo_gateway.tokens.records import TokenRecord, is_newer
 
 DB_FILE_NAME = "tokens.sqlite3"
 
@@ -78,6 +78,38 @@ class SqliteTokenStore:
     ) -> TokenRecord | None:
         return await asyncio.to_thread(self._put, record, expected_version, force)
 
+    async def restore(self, record: TokenRecord) -> TokenRecord:
+        return await asyncio.to_thread(self._restore, record)
+
+    def _restore(self, record: TokenRecord) -> TokenRecord:
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT version, record FROM tokens WHERE realm_id = ?", (record.realm_id,)
+                ).fetchone()
+                if row is not None:
+                    current = self._open(record.realm_id, (int(row[0]), bytes(row[1])))
+                    if not is_newer(record, current):
+                        db.execute("ROLLBACK")
+                        return current
+                self._upsert(db, record)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return record
+
+    def _upsert(self, db: sqlite3.Connection, stored: TokenRecord) -> None:
+        db.execute(
+            "INSERT INTO tokens (realm_id, version, record) VALUES (?, ?, ?) "
+            "ON CONFLICT(realm_id) DO UPDATE SET version = excluded.version, "
+            "record = excluded.record",
+            (stored.realm_id, stored.version, seal_record(self._cipher, stored)),
+        )
+
     def _put(
         self, record: TokenRecord, expected_version: int | None, force: bool
     ) -> TokenRecord | None:
@@ -93,12 +125,7 @@ class SqliteTokenStore:
                     db.execute("ROLLBACK")
                     return None
                 stored = record.with_changes(version=(current or 0) + 1)
-                db.execute(
-                    "INSERT INTO tokens (realm_id, version, record) VALUES (?, ?, ?) "
-                    "ON CONFLICT(realm_id) DO UPDATE SET version = excluded.version, "
-                    "record = excluded.record",
-                    (stored.realm_id, stored.version, seal_record(self._cipher, stored)),
-                )
+                self._upsert(db, stored)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:

@@ -16,6 +16,7 @@ from qbo_gateway.state.locks import Locks
 from qbo_gateway.tokens.crypto import InvalidKeys, TokenCipher, load_or_create_key_file
 from qbo_gateway.tokens.manager import TokenManager
 from qbo_gateway.tokens.records import TokenStore
+from qbo_gateway.tokens.spill import SpillFile
 
 
 def token_keys(settings: Settings) -> str:
@@ -53,4 +54,5 @@ def build_token_manager(
         margin=settings.refresh_margin_seconds,
         token_timeout=settings.token_timeout_seconds,
         availability=availability,
+        spill=SpillFile.in_dir(settings.state_dir, token_cipher(settings)),
     )
