@@ -35,4 +35,4 @@ deploy-check:
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH deploy/check.sh
 
 bench:
-	$(PY) bench/throughput.py
+	$(PY) bench/compare.py
