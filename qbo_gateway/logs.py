@@ -9,16 +9,25 @@ structlog renders JSON (or console) lines. Before rendering, `redact` replaces:
 Redaction sits in the processor chain, so it holds for every logger in the process,
 including third-party ones routed through the stdlib bridge; their text (and any rendered
 traceback) is also scrubbed by `log_foreign`, which finds credentials in raw header lines.
+
+The per-request summary line is the one event written on every request, so it takes a
+short path (`access_line`): its fields are fixed, only the ones that carry text from
+outside (path, request id, upstream ids) can hold a secret and are scrubbed, and it is
+rendered with one `json.dumps` straight to the configured handler's stream. Whenever the
+process's logging is not the configuration made here (console format, a test capturing
+logs), the line goes through structlog's chain like any other event.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -138,14 +147,14 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     numeric = logging.getLevelName(level.upper())
+    processors = [
+        # Drop below-level events before any other work.
+        structlog.stdlib.filter_by_level,
+        *_shared_processors(),
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ]
     structlog.configure(
-        processors=[
-            # Drop below-level events before any other work (the per-request line at info
-            # costs nothing when the level is warning).
-            structlog.stdlib.filter_by_level,
-            *_shared_processors(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
@@ -162,6 +171,59 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     root.setLevel(numeric)
     # aiohttp's own access log would duplicate our summary line (and print query strings).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    global _access_sink
+    _access_sink = (
+        _AccessSink(handler, processors, enabled=numeric <= logging.INFO) if fmt == "json" else None
+    )
+
+
+class _AccessSink:
+    """The handler the summary line is written to when the JSON configuration is ours."""
+
+    def __init__(
+        self, handler: logging.StreamHandler[Any], processors: list[Any], *, enabled: bool
+    ):
+        self.handler = handler
+        self.processors = processors  # identity tells whether structlog still runs our chain
+        self.enabled = enabled
+
+    def write(self, fields: dict[str, Any], untrusted: tuple[str, ...]) -> None:
+        for name in untrusted:
+            value = fields.get(name)
+            if value.__class__ is str:
+                fields[name] = SECRETS.scrub(value)
+        fields["level"] = "info"
+        fields["logger"] = _ACCESS_LOGGER
+        fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        text = json.dumps(fields, default=str) + "\n"
+        handler = self.handler
+        handler.acquire()  # the stdlib's own lock: lines from threads never interleave
+        try:
+            handler.stream.write(text)
+            handler.stream.flush()
+        finally:
+            handler.release()
+
+
+_ACCESS_LOGGER = "qbo_gateway.access"
+_access_sink: _AccessSink | None = None
+_access_fallback = structlog.get_logger(_ACCESS_LOGGER)
+
+
+def access_line(fields: dict[str, Any], *, untrusted: tuple[str, ...]) -> None:
+    """Write the per-request summary line (`event` first in `fields`), cheaply.
+
+    `untrusted` names the fields whose text came from outside the gateway (caller or QBO)
+    and may hold a secret; every other field must be the gateway's own (numbers, codes,
+    outcomes, configured names), which is what makes scrubbing only these safe.
+    """
+    sink = _access_sink
+    if sink is not None and structlog.get_config()["processors"] is sink.processors:
+        if sink.enabled:
+            sink.write(fields, untrusted)
+        return
+    event = fields.pop("event")
+    _access_fallback.info(event, **fields)
 
 
 def failure(exc: BaseException) -> dict[str, Any]:

@@ -139,3 +139,42 @@ async def test_no_token_in_any_line_of_a_gateway_run(
             assert secret not in text
     finally:
         await stop_stack(s)
+
+
+async def test_summary_line_is_one_json_line_with_outside_text_scrubbed(
+    aiohttp_server: Any, tmp_path: Path, log_output: io.StringIO
+) -> None:
+    register_secrets(["pasted-secret-value-0042"])
+    s = await start_stack(aiohttp_server, tmp_path)
+    try:
+        headers = {"X-Request-Id": "req:pasted-secret-value-0042"}
+        path = s.api(f"companyinfo/{REALM}") + "/pasted-secret-value-0042"
+        async with s.session.get(path, headers=headers) as resp:
+            await resp.read()
+        async with s.session.get(s.api(f"companyinfo/{REALM}")) as resp:
+            assert resp.status == 200
+            request_id = resp.headers["X-Request-Id"]
+    finally:
+        await stop_stack(s)
+    summaries = [line for line in lines(log_output) if line["event"] == "request"]
+    assert len(summaries) == 2
+    pasted, plain = summaries
+    assert "pasted-secret-value-0042" not in json.dumps(pasted)
+    assert REDACTED in pasted["request_id"] and REDACTED in pasted["path"]
+    assert plain["request_id"] == request_id
+    assert plain["realm_id"] == REALM and plain["status"] == 200
+    assert plain["outcome"] == "upstream" and plain["intuit_tid"]
+    assert plain["level"] == "info" and plain["logger"] == "qbo_gateway.access"
+    assert plain["timestamp"].endswith("Z") and plain["duration_ms"] >= plain["upstream_ms"]
+
+
+def test_summary_line_follows_the_level(log_output: io.StringIO) -> None:
+    from qbo_gateway.logs import access_line
+
+    configure_logging("warning", "json", stream=log_output)
+    access_line({"event": "request", "request_id": "r1"}, untrusted=("request_id",))
+    assert log_output.getvalue() == ""
+    configure_logging("info", "json", stream=log_output)
+    access_line({"event": "request", "request_id": "r2"}, untrusted=("request_id",))
+    (line,) = lines(log_output)
+    assert line["request_id"] == "r2"
