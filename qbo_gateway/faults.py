@@ -246,40 +246,64 @@ _XML_CODE = re.compile(rb"""<Error[^>]*\bcode\s*=\s*["']?(\d+)""", re.IGNORECASE
 _XML_MESSAGE = re.compile(rb"<Message>([^<]{0,500})</Message>", re.IGNORECASE)
 
 
-def _lower_keys(value: object) -> object:
+# A success body is never parsed: only a Fault opening the document (QBO puts it first,
+# optionally after "time") makes a 2xx a fault. Matching the opening bytes costs the same
+# for a 200-byte read and a 30 MB report; "DefaultTaxCodeRef" and friends cost nothing.
+_OPENING_FAULT = re.compile(
+    rb"""\s*\{\s*(?:"time"\s*:\s*"[^"]{0,64}"\s*,\s*)?"fault"\s*:""", re.IGNORECASE
+)
+
+
+def _lower_keys(value: object, depth: int) -> object:
+    if depth <= 0:
+        return value
     if isinstance(value, dict):
-        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+        return {str(k).lower(): _lower_keys(v, depth - 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_lower_keys(v) for v in value]
+        return [_lower_keys(v, depth - 1) for v in value]
     return value
 
 
-def parse_fault(body: bytes) -> QboFault | None:
-    """Find a QBO Fault in a body of any shape; None when there is none."""
-    if b"ault" not in body:  # "Fault", "fault", "FAULT"... cheap before parsing a success
+def _json_fault(body: bytes) -> QboFault | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
         return None
-    stripped = body.lstrip()[:1]
-    if stripped in (b"{", b"["):
-        try:
-            doc = _lower_keys(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
+    if not isinstance(doc, dict):
+        return None
+    fault = next((v for k, v in doc.items() if str(k).lower() == "fault"), None)
+    # Fault -> Error -> [item] -> fields: the only levels read, in either key casing.
+    fault = _lower_keys(fault, 4)
+    if not isinstance(fault, dict):
+        return None
+    errors = fault.get("error")
+    if not isinstance(errors, list):
+        errors = [errors] if isinstance(errors, dict) else []
+    codes: list[str] = []
+    messages: list[str] = []
+    details: list[str] = []
+    for item in errors:
+        if isinstance(item, dict):
+            codes.append(str(item.get("code", "")))
+            messages.append(str(item.get("message", "")))
+            details.append(str(item.get("detail", "")))
+    return QboFault(tuple(codes), tuple(messages), tuple(details))
+
+
+def parse_fault(body: bytes, *, success: bool = False) -> QboFault | None:
+    """Find a QBO Fault in a body of any shape; None when there is none.
+
+    `success`: the body came with a 2xx. Then only a Fault opening the document counts
+    (the shape of QBO's Fault-in-200), so a success body is never parsed.
+    """
+    if not success and b"ault" not in body:  # "Fault", "fault", "FAULT"... in an error body
+        return None
+    opening = body[:256].lstrip()[:1]
+    if opening in (b"{", b"["):
+        if success and _OPENING_FAULT.match(body) is None:
             return None
-        fault = doc.get("fault") if isinstance(doc, dict) else None
-        if not isinstance(fault, dict):
-            return None
-        errors = fault.get("error")
-        if not isinstance(errors, list):
-            errors = [errors] if isinstance(errors, dict) else []
-        codes: list[str] = []
-        messages: list[str] = []
-        details: list[str] = []
-        for item in errors:
-            if isinstance(item, dict):
-                codes.append(str(item.get("code", "")))
-                messages.append(str(item.get("message", "")))
-                details.append(str(item.get("detail", "")))
-        return QboFault(tuple(codes), tuple(messages), tuple(details))
-    if stripped == b"<" and b"fault" in body[:4096].lower():
+        return _json_fault(body)
+    if opening == b"<" and b"fault" in body[:4096].lower():
         xml_codes = tuple(m.decode() for m in _XML_CODE.findall(body[:65536]))
         xml_messages = tuple(m.decode(errors="replace") for m in _XML_MESSAGE.findall(body[:65536]))
         return QboFault(xml_codes, xml_messages, ())
@@ -288,7 +312,7 @@ def parse_fault(body: bytes) -> QboFault | None:
 
 def classify(status: int, body: bytes | None = None) -> FaultClass:
     """Read one upstream answer. `body` may be None when it was streamed and not kept."""
-    fault = parse_fault(body) if body else None
+    fault = parse_fault(body, success=200 <= status < 300) if body else None
     codes = set(fault.codes) if fault else set()
     if status == 429 or codes & _THROTTLE_CODES:
         return FaultClass.THROTTLE

@@ -138,7 +138,7 @@ def storable(
         status == 200
         and len(body) <= max_entry_bytes
         and allows_store(request_cache_control)
-        and parse_fault(body) is None
+        and parse_fault(body, success=True) is None
     )
 
 
