@@ -174,6 +174,22 @@ async def test_unknown_realm_is_404(stack: Stack) -> None:
         assert "time" in doc
 
 
+async def test_unknown_realm_ids_leave_no_state_behind(stack: Stack) -> None:
+    from qbo_gateway.admission.backend_memory import MemoryAdmission
+
+    async with stack.session.get(stack.api(f"companyinfo/{REALM}")) as resp:
+        assert resp.status == 200
+    admission = stack.gateway.admitter.backend
+    assert isinstance(admission, MemoryAdmission)
+    budget = stack.gateway.proxy.caller.retry.budget
+    assert (admission.realms_held, budget.realms_held) == (1, 1)
+    for realm in range(1000, 1050):
+        for method, path in (("GET", "companyinfo/1"), ("POST", "customer")):
+            async with stack.session.request(method, stack.api(path, realm=str(realm))) as resp:
+                assert resp.status == 404
+    assert (admission.realms_held, budget.realms_held) == (1, 1)
+
+
 async def test_qbo_fault_passes_through(stack: Stack) -> None:
     async with stack.session.get(stack.api("invoice/999999")) as resp:
         doc = await resp.json()

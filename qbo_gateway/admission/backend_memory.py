@@ -129,6 +129,11 @@ class MemoryAdmission:
         self._random = random
         self._realms: dict[str, _Realm] = {}
 
+    @property
+    def realms_held(self) -> int:
+        """Realms with admission state kept here."""
+        return len(self._realms)
+
     def _realm(self, realm_id: str) -> _Realm:
         realm = self._realms.get(realm_id)
         if realm is None:

@@ -59,6 +59,10 @@ class Admitter:
         self._observer: Observer = observer or NullObserver()
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def backend(self) -> AdmissionBackend:
+        return self._backend
+
     async def acquire(self, realm_id: str, *, batch: bool = False, deadline: float) -> Admission:
         give_up = min(deadline, self._clock.monotonic() + self._policy.max_wait)
         while True:

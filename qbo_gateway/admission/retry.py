@@ -63,6 +63,11 @@ class RetryBudget:
         self._tokens[realm_id] = have - 1.0
         return True
 
+    @property
+    def realms_held(self) -> int:
+        """Realms with a balance kept here (every realm a request was planned for)."""
+        return len(self._tokens)
+
 
 class RetryPolicy:
     """Shared by all requests of a process; `start()` one `RetryPlan` per logical request."""

@@ -200,10 +200,14 @@ class QboCaller:
 
     async def call(self, req: QboRequest, rec: RequestRecord) -> Exchange:
         realm = req.target.realm_id
+        # The token lookup is what says a realm is unknown: asked before anything else, so an
+        # unknown realm id (the caller's to invent) creates no admission or retry state.
+        known: str | None = await self.tokens.access_token(realm)
         plan = self.retry.start(realm, read=req.read)
         auth_replayed = False
         while True:
-            attempt = await self._admit(req)
+            attempt = await self._admit(req, known)
+            known = None  # a retry or a replay asks again: the token may have changed
             sent = await self._send(req, attempt, plan, rec)
             if sent is None:
                 continue  # a connection failure the plan retries
@@ -228,11 +232,11 @@ class QboCaller:
                 continue
             return exchange
 
-    async def _admit(self, req: QboRequest) -> _Attempt:
+    async def _admit(self, req: QboRequest, token: str | None) -> _Attempt:
         realm = req.target.realm_id
         admission = await self.gate.acquire(realm, batch=req.target.is_batch, deadline=req.deadline)
         try:
-            token = await self.tokens.access_token(realm)
+            token = token or await self.tokens.access_token(realm)
         except BaseException:
             self.gate.release(realm, admission, Outcome.ABANDONED)
             raise
