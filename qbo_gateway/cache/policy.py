@@ -60,6 +60,10 @@ class CacheKey:
     digest: str
 
 
+# Most reads (every GET) have no body: its digest is the same for all of them.
+_EMPTY_BODY_DIGEST = hashlib.sha256(b"").digest()
+
+
 def _utf8(text: str) -> bytes:
     # surrogatepass: a caller's odd percent-encoding must give a key, never an exception.
     return text.encode("utf-8", "surrogatepass")
@@ -88,7 +92,7 @@ def key_for(
             _utf8(method.upper()),
             _utf8(path),
             _length_prefixed(_length_prefixed([_utf8(n), _utf8(v)]) for n, v in canonical_query),
-            hashlib.sha256(body).digest(),
+            hashlib.sha256(body).digest() if body else _EMPTY_BODY_DIGEST,
             _utf8((accept or "").strip() or _DEFAULT_ACCEPT),
         ]
     )

@@ -5,13 +5,17 @@ LRU or Redis), which only keeps entries. It never fails a request: an unreachabl
 corrupt backend is a miss, a store that fails is skipped. A write ends the realm's
 freshness through a per-realm epoch, so a read stored before the write is only ever served
 as stale. The decisions it applies are `policy`'s; `read_through` decides when to use it.
+A read is stored after its reply has gone out; a lookup of a key whose store is still on
+its way waits for it, so this replica always finds what it has just answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -69,6 +73,8 @@ class ResponseCache:
         self.fresh_seconds = max(0.0, fresh_seconds)
         self.stale_seconds = max(0.0, stale_seconds)
         self.max_entry_bytes = max_entry_bytes
+        self._landing: dict[CacheKey, asyncio.Future[None]] = {}
+        self._events: dict[str, Any] = {}  # labelled children: labels() locks on every call
 
     @property
     def enabled(self) -> bool:
@@ -80,6 +86,9 @@ class ResponseCache:
         """Never fails: an unreachable or corrupt backend is a miss."""
         if not self.enabled:
             return CacheLookup(None, None)
+        landing = self._landing.get(key)
+        if landing is not None:
+            await asyncio.shield(landing)
         try:
             entry, epoch = await self.backend.get(key.realm_id, key.digest)
         except (StateUnavailable, ValueError) as exc:  # ValueError: CorruptEntry, bad epoch
@@ -135,6 +144,25 @@ class ResponseCache:
         ):
             self._event("skip")
             return False
+        landed = asyncio.get_running_loop().create_future()
+        self._landing[key] = landed
+        try:
+            stored = await self._put(key, status, headers, body, epoch)
+        finally:
+            if self._landing.get(key) is landed:
+                del self._landing[key]
+            landed.set_result(None)
+        self._event("store" if stored else "skip")
+        return stored
+
+    async def _put(
+        self,
+        key: CacheKey,
+        status: int,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        epoch: int | None,
+    ) -> bool:
         try:
             if epoch is None and self.fresh_seconds <= 0:
                 # Without freshness nothing is ever served young, so no epoch is read (one
@@ -155,8 +183,7 @@ class ResponseCache:
             stored = await self.backend.put(key.realm_id, key.digest, entry, ttl=ttl)
         except StateUnavailable as exc:
             log.debug("cache_store_failed", **failure(exc))
-            stored = False
-        self._event("store" if stored else "skip")
+            return False
         return stored
 
     async def end_freshness(self, realm_id: str) -> None:
@@ -208,4 +235,7 @@ class ResponseCache:
         return headers
 
     def _event(self, event: str) -> None:
-        self._metrics.cache_events.labels(event=event).inc()
+        child = self._events.get(event)
+        if child is None:
+            child = self._events[event] = self._metrics.cache_events.labels(event=event)
+        child.inc()

@@ -10,6 +10,7 @@ once per label set, and the line goes through `logs.access_line` (one `json.dump
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,9 @@ class RequestRecord:
     cache_status: str = "qbo-gateway; fwd=bypass"
     fault: FaultClass | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    # Work that needs the answer but not the caller's time (storing a read): run after the
+    # reply is sent, in order.
+    after_reply: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
 
 class AccessLog:

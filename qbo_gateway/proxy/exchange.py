@@ -13,7 +13,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
@@ -197,6 +197,7 @@ class QboCaller:
         self.metrics = metrics
         self.gate = gate
         self.retry = retry
+        self._durations: dict[str, Any] = {}  # labelled children: labels() locks every call
 
     async def call(self, req: QboRequest, rec: RequestRecord) -> Exchange:
         realm = req.target.realm_id
@@ -261,7 +262,7 @@ class QboCaller:
             elapsed = self.clock.monotonic() - t0
             rec.upstream_seconds += elapsed
             result = "timeout" if isinstance(err, UpstreamTimeout) else "connection_error"
-            self.metrics.upstream_duration.labels(result=result).observe(elapsed)
+            self._observe(result, elapsed)
             rec.fault = FaultClass.UPSTREAM_FAILURE
             self.gate.release(req.target.realm_id, attempt.admission, Outcome.FAILURE)
             refused = isinstance(err, UpstreamConnectError)
@@ -299,7 +300,7 @@ class QboCaller:
             error_body = await _read_bounded(response, _ERROR_BODY_LIMIT)
         fault = classify(response.status, error_body)
         rec.fault = fault
-        self.metrics.upstream_duration.labels(result=fault.value).observe(elapsed)
+        self._observe(fault.value, elapsed)
         return Exchange(
             response,
             attempt.admission,
@@ -311,6 +312,12 @@ class QboCaller:
             _retry_after(response.headers),
             time_left=lambda: req.deadline - self.clock.monotonic(),
         )
+
+    def _observe(self, result: str, seconds: float) -> None:
+        child = self._durations.get(result)
+        if child is None:
+            child = self._durations[result] = self.metrics.upstream_duration.labels(result=result)
+        child.observe(seconds)
 
     async def _retried_status(
         self, exchange: Exchange, plan: RetryPlan, breaker: BreakerState, req: QboRequest

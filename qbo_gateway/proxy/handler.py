@@ -106,9 +106,14 @@ class Proxy:
         response.headers.setdefault("Cache-Status", rec.cache_status)
         if not response.prepared:
             await response.prepare(request)
-            # Everything up to here was one exchange; the body was set on the Response.
+        if isinstance(response, web.Response):
+            # The body was set on the Response: send it now, before the bookkeeping below
+            # (aiohttp's own write_eof after the handler returns is then a no-op).
+            await response.write_eof()
         rec.status = response.status
         self.access.finish(rec, time.perf_counter() - started)
+        for work in rec.after_reply:
+            await work()
         return response
 
     def _refusal(self, err: GatewayError, rec: RequestRecord) -> web.Response:

@@ -69,7 +69,8 @@ async def relay(request: web.Request, answer: Relay, rec: RequestRecord) -> web.
                 exchange.settle()
                 raise
             if answer.keep is not None and exchange.body is not None:
-                await answer.keep.store(upstream.status, headers, exchange.body)
+                keep, status, body = answer.keep, upstream.status, exchange.body
+                rec.after_reply.append(lambda: keep.store(status, headers, body))
         if exchange.body is not None:
             exchange.settle()
             return web.Response(status=upstream.status, headers=headers, body=exchange.body)
