@@ -7,13 +7,16 @@ bound, Redis TTLs and outages) follow the shared suite.
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from qbo_gateway.cache.backend_memory import MemoryCacheBackend
+from qbo_gateway.cache.backend_memory import MemoryCacheBackend, entry_cost
 from qbo_gateway.cache.backend_redis import RedisCacheBackend
 from qbo_gateway.cache.fallback import FallbackCache
 from qbo_gateway.cache.records import CacheBackend, CachedEntry, CorruptEntry
@@ -187,7 +190,7 @@ async def test_memory_stays_within_byte_bound_over_10000_distinct_reads(
 
 async def test_memory_evicts_least_recently_used(clock: ManualClock) -> None:
     one = entry(body=b"a" * 100)
-    room = 3 * (one.size + len("k0"))
+    room = 3 * entry_cost("k0", one)
     home = MemoryCacheBackend(max_bytes=room, clock=clock)
     for i in range(3):
         await home.put("111", f"k{i}", one, ttl=60)
@@ -204,7 +207,29 @@ async def test_memory_refuses_an_entry_larger_than_the_bound(clock: ManualClock)
     assert not await home.put("111", "big", entry(body=b"b" * 1000), ttl=60)
     # Refusing the big one must not have evicted what was there.
     assert (await home.get("111", "small"))[0] is not None
-    assert home.bytes_held == entry(body=b"s" * 100).size + len("small")
+    assert home.bytes_held == entry_cost("small", entry(body=b"s" * 100))
+
+
+async def test_memory_bound_counts_what_entries_really_take(clock: ManualClock) -> None:
+    """The byte bound is worth what it counts: within 20% of the memory entries occupy."""
+    home = MemoryCacheBackend(max_bytes=1 << 30, clock=clock)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(5_000):
+            # Fresh objects for every part, as a parsed request and answer would have.
+            realm = str(9_130_349_226_472_226 + i % 7)
+            headers = (("".join(["Content-", "Type"]), f"application/json; n={i % 3}"),)
+            body = b'{"CompanyInfo":{"Id":"%d","pad":"%s"}}' % (i, b"x" * (i % 400))
+            held = CachedEntry(realm, 200, headers, body, clock.now(), -1)
+            assert await home.put(realm, hashlib.sha256(body).hexdigest(), held, ttl=60)
+        del held, body, headers, realm
+        gc.collect()
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.8 * real <= home.bytes_held <= 1.2 * real
 
 
 # --- Redis ------------------------------------------------------------------------------

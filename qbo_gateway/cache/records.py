@@ -41,11 +41,6 @@ class CachedEntry:
     def age(self, now: float) -> float:
         return max(0.0, now - self.stored_at)
 
-    @property
-    def size(self) -> int:
-        """Bytes this entry accounts for in a bounded cache: body, headers and realm."""
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + len(self.realm_id)
-
     def encode(self) -> bytes:
         """One opaque value: a JSON line of metadata, then the raw body."""
         meta = {
