@@ -404,3 +404,29 @@ async def test_redis_admit_and_record_are_one_round_trip_each(
         assert calls == {"cmdstat_evalsha": 40, "cmdstat_eval": 0, "cmdstat_script|load": 0}
     finally:
         await client.aclose()
+
+
+async def test_memory_forgets_idle_realms_but_never_one_whose_state_decides(
+    clock: ManualClock,
+) -> None:
+    policy = AdmissionPolicy(per_minute=100, per_second=100, failure_threshold=3, lease_seconds=600)
+    backend = MemoryAdmission(policy, clock=clock)
+    opened, failing, cooling, busy = "1", "2", "3", "4"
+    for _ in range(3):
+        await backend.record(opened, await backend.admit(opened), Outcome.FAILURE)
+    await backend.record(failing, await backend.admit(failing), Outcome.FAILURE)
+    await backend.record(cooling, await backend.admit(cooling), Outcome.THROTTLE, retry_after=600)
+    await backend.admit(busy)  # still in flight: its lease is held
+    for i in range(3000):  # realms served once and done
+        realm = str(10_000 + i)
+        await backend.record(realm, await backend.admit(realm), Outcome.SUCCESS)
+    # Sweeps ran on the way, but every realm's minute window still counted.
+    assert backend.realms_held == 3004
+    clock.advance(61)
+    for _ in range(3100):  # enough admits for a sweep, whatever the verdicts
+        await backend.admit("5")
+    assert backend.realms_held == 5
+    assert (await backend.load(opened)).breaker is BreakerState.OPEN
+    assert (await backend.load(failing)).consecutive_failures == 1
+    assert (await backend.load(cooling)).cooldown_until is not None
+    assert (await backend.load(busy)).in_flight == 1

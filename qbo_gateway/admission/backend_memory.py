@@ -3,13 +3,16 @@
 It implements exactly the algorithm of `lua/admit.lua` and `lua/record.lua` (the same
 behaviour suite runs against both), so a replica that loses Redis keeps the same rules with
 its shared-out share of the limits. Every method runs without an `await` between reading
-and writing a realm's state, which makes each call atomic within the event loop.
+and writing a realm's state, which makes each call atomic within the event loop. A realm
+whose state decides nothing any more (breaker closed without failures, no cool-down,
+nothing in flight, its rate windows empty) is forgotten now and then, so memory follows
+the realms in use, not every realm ever seen.
 """
 
 from __future__ import annotations
 
+import itertools
 import random as _random
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +30,9 @@ from qbo_gateway.clock import Clock
 
 MINUTE = 60.0
 SECOND = 1.0
+# Idle realms are forgotten once per this many admits (or per realm held, if more), so
+# the sweep costs about one check per admit.
+_SWEEP_EVERY = 1024
 # How soon a request without a concurrency slot asks again: short, because a slot usually
 # frees within one upstream round trip.
 WAIT_POLL_SECONDS = 0.05
@@ -88,6 +94,18 @@ class _Realm:
     leases: dict[str, float] = field(default_factory=dict)
 
 
+def _idle(r: _Realm, now: float) -> bool:
+    """Nothing here would decide anything: forgetting the realm changes no verdict."""
+    return (
+        r.state is BreakerState.CLOSED
+        and r.failures == 0
+        and r.cooldown_until <= now
+        and all(expires <= now for expires in r.leases.values())
+        and (not r.rate or r.rate[-1] <= now - MINUTE)
+        and (not r.batch or r.batch[-1] <= now - MINUTE)
+    )
+
+
 def _prune(window: deque[float], before: float) -> None:
     while window and window[0] <= before:
         window.popleft()
@@ -128,6 +146,9 @@ class MemoryAdmission:
         self._clock = clock
         self._random = random
         self._realms: dict[str, _Realm] = {}
+        # Lease ids only need to be unique in this process (the fallback marks its own).
+        self._lease_ids = itertools.count(1)
+        self._admits_to_sweep = _SWEEP_EVERY
 
     @property
     def realms_held(self) -> int:
@@ -140,9 +161,18 @@ class MemoryAdmission:
             realm = self._realms[realm_id] = _Realm()
         return realm
 
+    def _sweep(self, now: float) -> None:
+        """Forget idle realms, so state grows with realms in use, not realms ever seen."""
+        self._admits_to_sweep = max(_SWEEP_EVERY, len(self._realms))
+        for realm_id in [k for k, r in self._realms.items() if _idle(r, now)]:
+            del self._realms[realm_id]
+
     async def admit(self, realm_id: str, *, batch: bool = False) -> Admission:
         p = self.policy
         now = self._clock.now()
+        self._admits_to_sweep -= 1
+        if self._admits_to_sweep <= 0:
+            self._sweep(now)
         r = self._realm(realm_id)
         refusal, becomes_probe = _breaker_gate(r, now)
         if refusal is not None:
@@ -170,7 +200,7 @@ class MemoryAdmission:
         r.rate.append(t)
         if batch:
             r.batch.append(t)
-        lease_id = uuid.uuid4().hex
+        lease_id = f"{next(self._lease_ids):x}"
         r.leases[lease_id] = now + self.policy.lease_seconds + delay
         transition: BreakerState | None = None
         if probe:
