@@ -59,8 +59,14 @@ async def test_a_body_qbo_breaks_off_aborts_the_callers_connection(stack: Stack)
 async def test_the_deadline_cuts_a_slow_body_and_frees_its_slot(
     aiohttp_server: Any, tmp_path: Path
 ) -> None:
+    # No admission wait: the second read is refused at once while the slot is held, instead
+    # of racing the first read's deadline for it (which a loaded machine can lose).
     s = await start_stack(
-        aiohttp_server, tmp_path, request_timeout_seconds=1.0, concurrency_limit=1
+        aiohttp_server,
+        tmp_path,
+        request_timeout_seconds=1.0,
+        concurrency_limit=1,
+        admission_wait_seconds=0,
     )
     try:
         # Five chunks 0.3 s apart: 1.5 s of body against a 1 s deadline.
