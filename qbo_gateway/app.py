@@ -77,7 +77,13 @@ async def build_gateway(
     tokens = late.tokens = _token_manager(core, backends, oauth, health.observer)
     path = late.path = _request_path(core, backends, tokens, health.observer, meter)
     flow = connect_flow(
-        settings, oauth=oauth, tokens=tokens, redis=backends.redis, keys=backends.keys, clock=clock
+        settings,
+        oauth=oauth,
+        tokens=tokens,
+        redis=backends.redis,
+        keys=backends.keys,
+        clock=clock,
+        session=core.session,
     )
     readiness = Readiness()
     proxy_listener, ops_listener = _applications(core, path.proxy, readiness, tokens, flow, health)

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.metrics import Metrics
+from qbo_gateway.oauth.company_check import CompanyCheck
 from qbo_gateway.oauth.connect import (
     CALLBACK_PATH,
     ConnectFlow,
@@ -32,6 +33,7 @@ from qbo_gateway.state.locks import MemoryLocks
 from qbo_gateway.state.redis_client import make_redis
 from qbo_gateway.tokens.crypto import TokenCipher, generate_key
 from qbo_gateway.tokens.manager import TokenManager
+from qbo_gateway.tokens.records import TokenRecord
 from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
 from tests.redis_server import RedisServer
 
@@ -84,7 +86,8 @@ async def setup(
     else:
         redis = make_redis(redis_server.url)
         states = RedisOAuthStates(redis, RedisKeys(redis_prefix))
-    flow = ConnectFlow(oauth=oauth, tokens=manager, states=states, redirect_uri="")
+    company = CompanyCheck(session=session, api_base=base, minor_version=75)
+    flow = ConnectFlow(oauth=oauth, tokens=manager, states=states, redirect_uri="", company=company)
 
     async def guard(req: web.Request) -> bool:
         return req.headers.get("Authorization") == "Bearer admin-token"
@@ -101,6 +104,8 @@ async def setup(
 
 
 ADMIN = {"Authorization": "Bearer admin-token"}
+MINE = "1234567890"
+VICTIM = "4620816365178923"
 
 
 async def authorize(s: Setup) -> str:
@@ -173,3 +178,80 @@ def test_pkce_challenge_is_rfc_7636_s256() -> None:
     assert 43 <= len(pair.verifier) <= 128
     assert pair.challenge == s256_challenge(pair.verifier)
     assert new_pkce().verifier != pair.verifier
+
+
+async def consent(s: Setup, *, link_realm: str | None = None, company: str | None = None) -> str:
+    """A consent through a connect link (a reconnect link with `link_realm`), given at
+    Intuit for `company` (a new company when None); returns the callback URL."""
+    url = f"{s.gateway}/oauth/connect" + (f"?realm={link_realm}" if link_realm else "")
+    async with s.session.get(url, headers=ADMIN, allow_redirects=False) as resp:
+        assert resp.status == 302, await resp.text()
+        location = resp.headers["Location"]
+    if company is not None:
+        location += f"&realm_id={company}"  # the company the person picks at Intuit
+    async with s.session.get(location, allow_redirects=False) as resp:
+        assert resp.status == 302
+        return str(resp.headers["Location"])
+
+
+def with_realm(callback: str, realm: str) -> str:
+    claimed = parse_qs(urlsplit(callback).query)["realmId"][0]
+    return callback.replace(f"realmId={claimed}", f"realmId={realm}")
+
+
+async def connected(s: Setup, realm: str) -> TokenRecord:
+    pair = s.sim.add_realm(realm)
+    return await s.flow.tokens.import_tokens(
+        realm, pair.refresh_token, pair.access_token, pair.access_expires_at
+    )
+
+
+async def still_works(s: Setup, before: TokenRecord) -> None:
+    """The realm keeps its tokens, and its refresh token is still live at Intuit."""
+    assert await s.store.get(before.realm_id) == before
+    status = await s.flow.tokens.force_refresh(before.realm_id)
+    assert status.version == before.version + 1 and not status.needs_reconnect
+
+
+async def test_forged_realm_id_never_touches_a_live_realm(setup: Setup) -> None:
+    victim = await connected(setup, VICTIM)
+    forged = with_realm(await consent(setup), VICTIM)  # consent for a new company
+    async with setup.session.get(forged) as resp:
+        assert resp.status == 409
+        assert "reconnect link" in await resp.text()
+    await still_works(setup, victim)
+    assert setup.sim.invalid_grants == 0
+
+
+async def test_forged_realm_id_is_refused_unless_the_token_reads_that_company(
+    setup: Setup,
+) -> None:
+    setup.sim.add_realm(VICTIM)  # known to Intuit, not connected to the gateway
+    forged = with_realm(await consent(setup), VICTIM)
+    async with setup.session.get(forged) as resp:
+        assert resp.status == 403
+        assert "not for realm" in await resp.text()
+    assert await setup.flow.tokens.realm_ids() == []
+
+
+async def test_a_reconnect_link_works_for_its_realm_only(setup: Setup) -> None:
+    mine = await connected(setup, MINE)
+    victim = await connected(setup, VICTIM)
+    # The link for MINE, consent given for VICTIM's company: refused by the link's binding.
+    async with setup.session.get(await consent(setup, link_realm=MINE, company=VICTIM)) as resp:
+        assert resp.status == 403
+    assert await setup.store.get(VICTIM) == victim
+    # The link for MINE, consent for a new company, realmId edited to MINE: the token
+    # cannot read MINE's company.
+    forged = with_realm(await consent(setup, link_realm=MINE), MINE)
+    async with setup.session.get(forged) as resp:
+        assert resp.status == 403
+    assert await setup.store.get(MINE) == mine
+    # The link for MINE, consent for MINE: the realm's tokens are replaced, and work.
+    async with setup.session.get(await consent(setup, link_realm=MINE, company=MINE)) as resp:
+        assert resp.status == 200
+    record = await setup.store.get(MINE)
+    assert record is not None and record.version == mine.version + 1
+    await still_works(setup, record)
+    await still_works(setup, victim)
+    assert setup.sim.invalid_grants == 0

@@ -519,6 +519,7 @@ def cli_settings(env: Env, **extra: Any) -> Settings:
         token_url=f"{env.base_url}/oauth2/v1/tokens/bearer",
         authorize_url=f"{env.base_url}/connect/oauth2",
         revoke_url=f"{env.base_url}/v2/oauth2/tokens/revoke",
+        api_base_url=env.base_url,
         **extra,
     )
 

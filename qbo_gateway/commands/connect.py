@@ -22,7 +22,7 @@ from qbo_gateway.clock import SystemClock
 from qbo_gateway.commands.tokens import open_store
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth.connect import CALLBACK_PATH, ConnectFlow, MemoryOAuthStates, connect_routes
-from qbo_gateway.oauth.wiring import oauth_client
+from qbo_gateway.oauth.wiring import company_check, oauth_client
 from qbo_gateway.observe import NullObserver
 from qbo_gateway.settings import Settings
 from qbo_gateway.state.errors import StateUnavailable
@@ -89,7 +89,11 @@ def _one_off_flow(
         lock_lease=max(60.0, settings.token_timeout_seconds * 4 + 10),
     )
     return ConnectFlow(
-        oauth=oauth, tokens=manager, states=MemoryOAuthStates(clock), redirect_uri=redirect_uri
+        oauth=oauth,
+        tokens=manager,
+        states=MemoryOAuthStates(clock),
+        redirect_uri=redirect_uri,
+        company=company_check(settings, session),
     )
 
 

@@ -21,11 +21,13 @@ from aiohttp import web
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import gateway_fault
 from qbo_gateway.logs import failure
+from qbo_gateway.oauth.company_check import CompanyCheck, CompanyCheckFailed
 from qbo_gateway.oauth.intuit import (
     InvalidClient,
     InvalidGrant,
     OAuthClient,
     OAuthError,
+    TokenGrant,
     new_pkce,
     new_state,
 )
@@ -104,15 +106,23 @@ class ConnectFlow:
     tokens: TokenManager
     states: OAuthStates
     redirect_uri: str
+    company: CompanyCheck
     state_ttl: float = STATE_TTL
 
-    async def start(self) -> str:
-        """A fresh authorize URL (its state and verifier are kept for the callback)."""
+    async def start(self, realm_id: str | None = None) -> str:
+        """A fresh authorize URL (its state and verifier are kept for the callback).
+
+        With `realm_id` the link reconnects exactly that realm: only a callback for it may
+        replace its tokens. Without, the link connects a realm the gateway does not hold
+        live tokens for."""
+        if realm_id is not None and not realm_id.isdigit():
+            raise ConnectError("realm ids are digits only")
         state = new_state()
         pkce = new_pkce()
-        await self.states.put(
-            state, {"verifier": pkce.verifier, "redirect_uri": self.redirect_uri}, self.state_ttl
-        )
+        kept = {"verifier": pkce.verifier, "redirect_uri": self.redirect_uri}
+        if realm_id is not None:
+            kept["realm"] = realm_id
+        await self.states.put(state, kept, self.state_ttl)
         return self.oauth.authorize_url(
             redirect_uri=self.redirect_uri, state=state, code_challenge=pkce.challenge
         )
@@ -125,17 +135,20 @@ class ConnectFlow:
         kept = await self.states.take(state)
         if kept is None:
             raise ConnectError("unknown, used or expired state: start the connection again")
-        try:
-            grant = await self.oauth.exchange_code(
-                code, redirect_uri=kept["redirect_uri"], code_verifier=kept["verifier"]
+        bound = kept.get("realm")
+        if bound is not None and bound != realm_id:
+            log.warning("oauth_callback_wrong_realm", bound_realm=bound, claimed_realm=realm_id)
+            raise ConnectError(f"this link reconnects realm {bound} only", 403)
+        # Before the code is exchanged: an exchange may end the realm's current grant.
+        if bound is None and await self._live(realm_id):
+            log.warning("oauth_callback_realm_live", realm_id=realm_id)
+            raise ConnectError(
+                f"realm {realm_id} is connected and working; to replace its tokens, open a "
+                f"reconnect link for it ({CONNECT_PATH}?realm={realm_id})",
+                409,
             )
-        except InvalidGrant as exc:
-            raise ConnectError("Intuit refused the authorization code: start again") from exc
-        except InvalidClient as exc:
-            log.error("oauth_connect_invalid_client", **failure(exc))
-            raise ConnectError("Intuit refused the app's client credentials", 502) from exc
-        except OAuthError as exc:
-            raise ConnectError(f"Intuit's token endpoint failed: {exc}", 502) from exc
+        grant = await self._exchange(code, kept)
+        await self._prove(grant.access_token, realm_id)
         record = await self.tokens.import_tokens(
             realm_id,
             grant.refresh_token,
@@ -145,8 +158,39 @@ class ConnectFlow:
             refresh_expires_at=grant.refresh_expires_at,
             refresh_hard_expires_at=grant.refresh_hard_expires_at,
         )
-        log.info("realm_connected", realm_id=realm_id, version=record.version)
+        log.info(
+            "realm_connected", realm_id=realm_id, version=record.version, reconnect=bool(bound)
+        )
         return record
+
+    async def _exchange(self, code: str, kept: dict[str, str]) -> TokenGrant:
+        try:
+            return await self.oauth.exchange_code(
+                code, redirect_uri=kept["redirect_uri"], code_verifier=kept["verifier"]
+            )
+        except InvalidGrant as exc:
+            raise ConnectError("Intuit refused the authorization code: start again") from exc
+        except InvalidClient as exc:
+            log.error("oauth_connect_invalid_client", **failure(exc))
+            raise ConnectError("Intuit refused the app's client credentials", 502) from exc
+        except OAuthError as exc:
+            raise ConnectError(f"Intuit's token endpoint failed: {exc}", 502) from exc
+
+    async def _prove(self, access_token: str, realm_id: str) -> None:
+        """The callback's realmId is only a claim: the new token must read that company."""
+        try:
+            owns = await self.company.owns(access_token, realm_id)
+        except CompanyCheckFailed as exc:
+            raise ConnectError(f"cannot confirm the realm with QuickBooks: {exc}", 502) from exc
+        if not owns:
+            log.warning("oauth_callback_forged_realm", claimed_realm=realm_id)
+            raise ConnectError(
+                f"the authorization is not for realm {realm_id}: nothing was stored", 403
+            )
+
+    async def _live(self, realm_id: str) -> bool:
+        status = await self.tokens.status(realm_id)
+        return status is not None and not status.needs_reconnect
 
 
 Guard = Callable[[web.Request], Awaitable[bool]]
@@ -168,8 +212,11 @@ def connect_routes(
             return gateway_fault(
                 "GW-UNAUTHENTICATED", 401, "Admin token required", headers=_BEARER_CHALLENGE
             )
+        realm = request.query.get("realm") or None
         try:
-            url = await flow.start()
+            url = await flow.start(realm)
+        except ConnectError as exc:
+            return _page(exc.status, str(exc))
         except StateUnavailable:
             return _page(503, "The state backend is unreachable; try again shortly.")
         raise web.HTTPFound(url, headers={"Cache-Control": "no-store"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from qbo_gateway.clock import Clock
+from qbo_gateway.oauth.company_check import CompanyCheck
 from qbo_gateway.oauth.connect import ConnectFlow, MemoryOAuthStates, RedisOAuthStates
 from qbo_gateway.oauth.intuit import OAuthClient
 from qbo_gateway.settings import Settings, secret_text
@@ -43,9 +44,24 @@ def connect_flow(
     redis: RedisClient | None,
     keys: RedisKeys,
     clock: Clock,
+    session: aiohttp.ClientSession,
 ) -> ConnectFlow:
     # Redis mode: the callback may reach another replica than the one that started.
     states = RedisOAuthStates(redis, keys) if redis is not None else MemoryOAuthStates(clock)
     return ConnectFlow(
-        oauth=oauth, tokens=tokens, states=states, redirect_uri=redirect_uri(settings)
+        oauth=oauth,
+        tokens=tokens,
+        states=states,
+        redirect_uri=redirect_uri(settings),
+        company=company_check(settings, session),
+    )
+
+
+def company_check(settings: Settings, session: aiohttp.ClientSession) -> CompanyCheck:
+    """How a callback proves its realm: the new token reads that company's companyinfo."""
+    return CompanyCheck(
+        session=session,
+        api_base=settings.api_base,
+        minor_version=settings.minor_version,
+        timeout=settings.token_timeout_seconds,
     )
