@@ -7,6 +7,7 @@ bytes a realm's day of buckets takes in process (and the process's resident grow
 `--examples` prints one example of each JSON shape instead (for the README).
 
     .venv/bin/python bench/health_10k.py [--realms 10000] [--runs 20] [--examples]
+    .venv/bin/python bench/health_10k.py --redis redis://127.0.0.1:<port>/0  (a scratch one)
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import argparse
 import asyncio
 import copy
 import json
-import resource
 import statistics
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import aiohttp
@@ -33,9 +34,12 @@ from qbo_gateway.faults import FaultClass
 from qbo_gateway.health.bucket_ring import BucketRing
 from qbo_gateway.health.buckets import Series
 from qbo_gateway.health.store_memory import MemoryHealthStore
+from qbo_gateway.health.store_redis import RedisHealthStore
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.ops.health_api import add_health_routes
+from qbo_gateway.state.keys import RedisKeys
+from qbo_gateway.state.redis_client import make_redis
 from qbo_gateway.tokens.records import TokenStatus
 
 DAY = 86400.0
@@ -105,8 +109,13 @@ def fill_day(monitor: Health, clock: ManualClock, ids: list[str]) -> None:
     store._rings.pop(template, None)
     loop_add(store, {template: series})
     ring = store._rings[template]
+    tracemalloc.start()
     for realm in ids[1:]:
         store._rings[realm] = copy.deepcopy(ring)
+        if realm == ids[min(200, len(ids) - 1)]:
+            allocated, _ = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            print(f"allocated per realm's day of buckets: {allocated / 200:.0f} bytes")
     fleet: Series = {b: {k: v * len(ids) for k, v in c.items()} for b, c in series.items()}
     for bucket, counts in fleet.items():
         store._fleet.add(bucket, counts)
@@ -176,10 +185,41 @@ def describe(name: str, times: list[float], cpu: list[float], size: int) -> str:
     )
 
 
-def _rss() -> int:
-    """Resident bytes now (Linux)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize()
+async def redis_bytes(url: str, width: float) -> None:
+    """Bytes a realm's full day of buckets takes in Redis (MEMORY USAGE of its keys).
+    Writes 20 realms under the prefix `qbogw-bench` and deletes them afterwards."""
+    redis = make_redis(url)
+    keys = RedisKeys("qbogw-bench")
+    store = RedisHealthStore(redis, history_seconds=DAY, keys=keys, bucket_seconds=width)
+    now = 1_800_000_000.0
+    last = int(now // width)
+    per = width / 60
+    series: Series = {
+        b: {"req": int(21 * per), "ok": int(20 * per), "fail": int(per), "h2": int(14 * per)}
+        | {"h3": int(6 * per), "lat_ms": int(6200 * per)}
+        for b in range(last - int(DAY // width) + 1, last + 1)
+    }
+    realms = [str(9_100_000_000_000_000 + i) for i in range(20)]
+    try:
+        started = time.perf_counter()
+        await store.add_counts(dict.fromkeys(realms, series), {}, now=now)
+        wrote = time.perf_counter() - started
+        names = [k async for k in redis.scan_iter(match=keys.realm_key(realms[0], "hb:*"))]
+        used = sum([await redis.memory_usage(k) or 0 for k in names])
+        started = time.perf_counter()
+        await store.realm_series(realms[0], first=min(series), last=last)
+        read = time.perf_counter() - started
+        print(
+            f"redis, {width:g} s buckets: {len(names)} keys, {used} bytes per realm-day "
+            f"(MEMORY USAGE); wrote 20 realm-days in {wrote:.1f} s, read one in "
+            f"{read * 1000:.1f} ms"
+        )
+    finally:
+        for realm in realms:
+            found = [k async for k in redis.scan_iter(match=keys.realm_key(realm, "*"))]
+            if found:
+                await redis.delete(*found)
+        await redis.aclose()
 
 
 async def main() -> None:
@@ -187,7 +227,12 @@ async def main() -> None:
     parser.add_argument("--realms", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--examples", action="store_true")
+    parser.add_argument("--redis", help="also measure a realm-day's bytes in this Redis")
     args = parser.parse_args()
+    if args.redis:
+        for width in (60.0, 300.0):
+            await redis_bytes(args.redis, width)
+        return
 
     monitor, clock, ids = build(3 if args.examples else args.realms)
     await monitor.open(background=False)
@@ -196,11 +241,9 @@ async def main() -> None:
     feed(monitor, clock, ids)
     feed_seconds = time.perf_counter() - started
     await monitor.flush()
-    rss_before = _rss()
     started = time.perf_counter()
     fill_day(monitor, clock, ids)
     fill_seconds = time.perf_counter() - started
-    rss_after = _rss()
     store = monitor.store
     assert isinstance(store, MemoryHealthStore)
     app = web.Application()
@@ -223,8 +266,7 @@ async def main() -> None:
             print(f"realms={len(ids)} fed {events} outcomes in {feed_seconds:.1f} s")
             print(
                 f"24 h of minute buckets: {store.bucket_bytes(ids[1])} bytes per realm in its "
-                f"ring; resident growth {(rss_after - rss_before) / len(ids):.0f} bytes "
-                f"per realm (filled in {fill_seconds:.1f} s)"
+                f"ring arrays (filled in {fill_seconds:.1f} s)"
             )
             print(f"active alerts={len(monitor.alerts.active())}")
             for name in ("summary", "dashboard", f"business/{ids[7]}", "status-page"):

@@ -538,3 +538,41 @@ async def test_history_is_shared_through_redis(
         assert detail["sla"]["success_ratio"] == 0.5
     finally:
         await redis.aclose()
+
+
+async def test_dashboards_of_two_replicas_follow_the_fleets_buckets(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    """Replica b's dashboard keeps the day in memory: a's new traffic shows at once (the
+    newest three buckets are re-read every time); downtime a spreads over older buckets when
+    it resolves an outage shows in a's dashboard at once, in b's once its copy is a minute
+    old."""
+    gw = FakeGateway(ManualClock())
+    gw.add_realm("888")
+    redis = make_redis(redis_server.url)
+    keys = RedisKeys(redis_prefix)
+    a = make_monitor(gw, store=RedisHealthStore(redis, history_seconds=DAY, keys=keys), owner="a")
+    b = make_monitor(gw, store=RedisHealthStore(redis, history_seconds=DAY, keys=keys), owner="b")
+    try:
+        await b.token_rules.refresh(force=True)
+        await a.token_rules.refresh(force=True)
+        ok(a, "888")
+        await a.flush()
+        assert (await b.views.dashboard())["sla"]["requests"] == 1
+        fail(a, "888")
+        fail(a, "888")  # the outage starts (on a; b has not synced a's alerts)
+        gw.clock.advance(300)
+        await a.flush()
+        assert (await b.views.dashboard())["sla"]["requests"] == 3  # b reads the whole day
+        gw.clock.advance(10)
+        ok(a, "888")  # resolved: 310 s of downtime spread over six minute buckets
+        await a.flush()
+        seen_by_a = (await a.views.dashboard())["sla"]
+        assert seen_by_a["requests"] == 4 and seen_by_a["downtime_seconds"] == 310.0
+        seen_by_b = (await b.views.dashboard())["sla"]
+        # b re-read only the newest three buckets (from 180 s into the outage): 130 s.
+        assert seen_by_b["requests"] == 4 and seen_by_b["downtime_seconds"] == 130.0
+        gw.clock.advance(60)
+        assert (await b.views.dashboard())["sla"]["downtime_seconds"] == 310.0
+    finally:
+        await redis.aclose()

@@ -193,8 +193,19 @@ async def test_a_day_of_traffic_measures_history_sla_and_recovery(
         assert sla["targets"]["avg_response_seconds"]["met"] is False
         assert sla["p95_response_seconds"] == 10.0  # the histogram bin holding 8 s
         assert doc["breaker"]["counts"] == "attempts"
+        await _alerts_say_what_they_count(session, gw)
         if backend == "redis":
             await _shared_and_bounded(session, gateway, doc, RedisKeys(prefix))
+
+
+async def _alerts_say_what_they_count(session: aiohttp.ClientSession, gw: Gateway) -> None:
+    url = f"{gw.ops_url}/health/alerts?state=all"  # type: ignore[attr-defined]
+    async with session.get(url) as resp:
+        alerts = {a["kind"]: a for a in await resp.json()}
+    failures, circuit = alerts["consecutive_failures"], alerts["circuit_open"]
+    assert failures["value_counts"] == "failed requests"
+    assert failures["message"] == "5 or more consecutive failed requests to QuickBooks"
+    assert "failed attempts" in circuit["message"] and "retry" in circuit["message"]
 
 
 async def _shared_and_bounded(

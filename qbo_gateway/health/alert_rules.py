@@ -27,6 +27,13 @@ AlertKind = Literal[
 ]
 # The realm id of an alert about the whole app (the month's metered reads), not one realm.
 APP_WIDE = "*"
+# What an alert's `value` counts, said in the API: the breaker counts failed attempts (a
+# retried request is several), this alert counts failed requests.
+VALUE_UNITS = {
+    "consecutive_failures": "failed requests",
+    "slow_responses": "seconds",
+    "refresh_token_expiring": "days left",
+}
 # Kinds that mean the realm cannot reach QuickBooks: they make incidents (uptime, MTTR).
 OUTAGE_KINDS = frozenset({"consecutive_failures", "circuit_open", "reconnect_required"})
 
@@ -88,6 +95,7 @@ def alert_json(alert: AlertRecord) -> dict[str, Any]:
         "state": alert.state,
         "message": alert.message,
         "value": alert.value,
+        "value_counts": VALUE_UNITS.get(alert.kind),
         "started_at": iso(alert.started_at),
         "raised_at": iso(alert.raised_at),
         "updated_at": iso(alert.updated_at),

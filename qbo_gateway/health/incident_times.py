@@ -28,6 +28,7 @@ class IncidentTimes:
         # Until when each realm's downtime is in the buckets: overlapping outages of one
         # realm (failures, then an open circuit) are counted once.
         self._down_until: dict[str, float] = {}
+        self.resolved_count = 0  # outages resolved here (their downtime changes past buckets)
 
     def down_until(self, realm_id: str) -> float:
         return self._down_until.get(realm_id, 0.0)
@@ -43,6 +44,7 @@ class IncidentTimes:
         if alert.kind not in OUTAGE_KINDS or alert.resolved_at is None:
             return
         start = max(alert.started_at, self.down_until(alert.realm_id))
+        self.resolved_count += 1
         if alert.resolved_at > start:
             self._history.count_span(alert.realm_id, start, alert.resolved_at, "down_ms")
             self._down_until[alert.realm_id] = alert.resolved_at

@@ -15,6 +15,7 @@ from qbo_gateway.clock import Clock
 from qbo_gateway.health.alert_rules import alert_json, iso
 from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.buckets import Series, total
+from qbo_gateway.health.fleet_history import FleetHistory
 from qbo_gateway.health.grading import (
     STATUS_RANK,
     overall_status,
@@ -35,7 +36,6 @@ from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.health.store_memory import HealthStore
 from qbo_gateway.health.token_rules import TokenRules
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.state.errors import StateUnavailable
 
 _DASHBOARD_ROWS = 500  # default page: the worst realms first; ?limit= asks for more
 
@@ -56,7 +56,13 @@ class HealthViews:
         targets: SlaTargets,
         bucket_seconds: float,
     ) -> None:
-        self.store = store
+        self._fleet = FleetHistory(
+            store=store,
+            clock=clock,
+            incidents=alerts.incidents,
+            history_seconds=table.history_seconds,
+            bucket_seconds=bucket_seconds,
+        )
         self.targets = targets
         self.bucket_seconds = bucket_seconds
         self.table = table
@@ -101,13 +107,7 @@ class HealthViews:
 
     async def fleet_history(self) -> tuple[Series, Window]:
         """The fleet's buckets over the history window (shared by every replica)."""
-        now = self.clock.now()
-        window = Window.ending(now, history=self.table.history_seconds, width=self.bucket_seconds)
-        try:
-            series = await self.store.fleet_series(first=window.first, last=window.last)
-        except StateUnavailable:
-            series = {}
-        return series, window
+        return await self._fleet.read()
 
     async def dashboard(
         self, *, status: str | None = None, limit: int | None = None, offset: int = 0
