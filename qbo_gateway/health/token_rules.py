@@ -82,20 +82,8 @@ class TokenRules:
             return
         if event == "refreshed":
             self.alerts.set_condition(realm_id, "token_store_rollback", None)
-        previous = table.tokens.get(realm_id)
         if record is not None:
-            table.tokens[realm_id] = TokenStatus(
-                realm_id=realm_id,
-                access_expires_at=record.access_expires_at,
-                refresh_expires_at=record.refresh_expires_at,
-                refresh_hard_expires_at=record.refresh_hard_expires_at,
-                needs_reconnect=record.needs_reconnect,
-                version=record.version,
-                last_refresh_at=record.updated_at
-                if event == "refreshed"
-                else (previous.last_refresh_at if previous else None),
-                refresh_failing=False,
-            )
+            table.tokens[realm_id] = _status(realm_id, record, event, table.tokens.get(realm_id))
         status = table.tokens.get(realm_id)
         if event == "refresh_failed":
             if status is not None:
@@ -206,3 +194,21 @@ class TokenRules:
             await self.refresh()
         except Exception as exc:  # noqa: BLE001 - serve the cached view rather than fail
             log.warning("health_token_refresh_failed", **failure(exc))
+
+
+def _status(
+    realm_id: str, record: TokenRecord, event: TokenEvent, previous: TokenStatus | None
+) -> TokenStatus:
+    """The token status a stored record means (its last refresh kept unless this was one)."""
+    return TokenStatus(
+        realm_id=realm_id,
+        access_expires_at=record.access_expires_at,
+        refresh_expires_at=record.refresh_expires_at,
+        refresh_hard_expires_at=record.refresh_hard_expires_at,
+        needs_reconnect=record.needs_reconnect,
+        version=record.version,
+        last_refresh_at=record.updated_at
+        if event == "refreshed"
+        else (previous.last_refresh_at if previous else None),
+        refresh_failing=False,
+    )
