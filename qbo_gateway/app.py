@@ -23,7 +23,7 @@ from qbo_gateway.backends import StateBackends, build_backends
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock, SystemClock
 from qbo_gateway.economy.meter import Meter
-from qbo_gateway.economy.wiring import build_meter
+from qbo_gateway.economy.wiring import build_meter, read_guard
 from qbo_gateway.edge.server import set_edge_limits
 from qbo_gateway.gateway import Gateway, add_readiness_checks, store_durability
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
@@ -243,6 +243,7 @@ def _request_path(
         metrics=metrics,
         observer=observer,
         meter=meter,
+        guard=read_guard(core.settings, meter, metrics=metrics),
     )
     return _RequestPath(admitter, cache, upstream, proxy)
 

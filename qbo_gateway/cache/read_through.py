@@ -48,6 +48,22 @@ class QboCall(Protocol):
     async def call(self, req: QboRequest, rec: RequestRecord) -> Exchange: ...
 
 
+class BudgetGuard(Protocol):
+    """The month's metered-read guard (`economy.guard.ReadGuard`); decides without I/O."""
+
+    def serve_stale(self) -> bool: ...
+
+    def check(self, *, background: bool) -> None: ...
+
+
+class _NoGuard:
+    def serve_stale(self) -> bool:
+        return False
+
+    def check(self, *, background: bool) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class _Slot:
     """One read's place in the cache: its key, what was found, and what the caller allows."""
@@ -75,17 +91,39 @@ class _Buffered:
 class ReadThrough:
     """The read cache around `qbo.call`; one per gateway."""
 
-    def __init__(self, cache: ResponseCache, qbo: QboCall) -> None:
+    def __init__(
+        self, cache: ResponseCache, qbo: QboCall, guard: BudgetGuard | None = None
+    ) -> None:
         self.cache = cache
         self._qbo = qbo
+        self._guard: BudgetGuard = guard or _NoGuard()
         # Concurrent fresh misses of one key share one upstream call, fully buffered.
         self._flights: SingleFlight[CacheKey, _Buffered] = SingleFlight("cache-read")
 
     async def send(self, req: QboRequest, cache_control: str | None, rec: RequestRecord) -> Answer:
-        if not req.read or not self.cache.enabled:
+        if not req.read:
             return await self._bypass(req, rec)
+        key = self._key(req)
+        if self._guard.serve_stale() and allows_stale(cache_control) and self.cache.enabled:
+            # Near the month's cap a stored answer of any age (within the stale window)
+            # beats a metered call; a caller asking for no-cache still goes to QBO.
+            budget = await self._within_budget(key, rec)
+            if budget is not None:
+                return budget
+        self._guard.check(background=req.background)
+        if not self.cache.enabled:
+            return await self._bypass(req, rec)
+        if self.cache.fresh_seconds > 0:
+            return await self._fresh_read(req, key, cache_control, rec)
+        # Nothing stored can answer before QBO is asked (no freshness), so the entry is only
+        # looked up if QBO fails: no cache round trip on the way to a success.
+        slot = _Slot(key, None, cache_control, None, "miss", looked_up=False)
+        return await self._read(req, slot, rec)
+
+    @staticmethod
+    def _key(req: QboRequest) -> CacheKey:
         target = req.target
-        key = key_for(
+        return key_for(
             target.realm_id,
             req.method,
             target.rest,
@@ -93,12 +131,15 @@ class ReadThrough:
             req.body or b"",
             req.headers.get("Accept"),
         )
-        if self.cache.fresh_seconds > 0:
-            return await self._fresh_read(req, key, cache_control, rec)
-        # Nothing stored can answer before QBO is asked (no freshness), so the entry is only
-        # looked up if QBO fails: no cache round trip on the way to a success.
-        slot = _Slot(key, None, cache_control, None, "miss", looked_up=False)
-        return await self._read(req, slot, rec)
+
+    async def _within_budget(self, key: CacheKey, rec: RequestRecord) -> web.Response | None:
+        entry = (await self.cache.lookup(key)).entry
+        if entry is None or not self.cache.servable_stale(entry):
+            return None
+        resp = self.cache.budget_response(entry)
+        rec.outcome, rec.code = "stale", str(entry.status)
+        rec.cache_status = resp.headers["Cache-Status"]
+        return resp
 
     async def _bypass(self, req: QboRequest, rec: RequestRecord) -> Answer:
         rec.cache_status = cache_status_for_upstream(stored=False, cacheable=False)

@@ -40,6 +40,8 @@ from qbo_gateway.state.errors import StateUnavailable
 
 log = structlog.get_logger(__name__)
 
+READ_BUDGET = "read-budget"  # Cache-Status detail of a read served to save a metered call
+
 
 @dataclass(frozen=True)
 class CacheLookup:
@@ -227,6 +229,15 @@ class ResponseCache:
         headers["Cache-Status"] = cache_status
         self._metrics.stale_served.labels(reason=reason).inc()
         self._observer.stale_served(entry.realm_id, reason=reason, age=age)
+        return web.Response(status=entry.status, body=entry.body, headers=headers)
+
+    def budget_response(self, entry: CachedEntry) -> web.Response:
+        """A stored read served beyond its freshness to save a metered (CorePlus) call."""
+        age = entry.age(self._clock.now())
+        ttl = math.floor(self.fresh_seconds - age)
+        headers = self._entry_headers(entry, age)
+        headers["Cache-Status"] = f"{CACHE_NAME}; hit; ttl={ttl}; detail={READ_BUDGET}"
+        self._metrics.stale_served.labels(reason=READ_BUDGET).inc()
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     def _entry_headers(self, entry: CachedEntry, age: float) -> CIMultiDict[str]:

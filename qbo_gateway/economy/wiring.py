@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from qbo_gateway.clock import Clock
+from qbo_gateway.economy.guard import ReadGuard
 from qbo_gateway.economy.meter import Meter, MeterOptions
 from qbo_gateway.economy.records import MeterBackend, zone_named
 from qbo_gateway.economy.report import month_report
@@ -42,3 +43,7 @@ def build_meter(
     health.views.add_section("coreplus", section)
     meter.start()
     return meter
+
+
+def read_guard(settings: Settings, meter: Meter, *, metrics: Metrics) -> ReadGuard:
+    return ReadGuard(meter, settings.coreplus_guard, metrics=metrics)

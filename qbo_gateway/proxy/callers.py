@@ -31,6 +31,7 @@ class Caller:
     name: str
     key_sha256: bytes
     realms: frozenset[str]
+    background: bool = False  # its reads may wait when the month's metered reads run short
 
     def may_use(self, realm_id: str) -> bool:
         return "*" in self.realms or realm_id in self.realms
@@ -68,7 +69,12 @@ def load_callers(path: Path) -> list[Caller]:
         for realm in realms:
             if str(realm) != "*" and not str(realm).isdigit():
                 raise CallersFileError(f"{where} ({name}): realm {realm!r} is not digits or '*'")
-        callers.append(Caller(name, bytes.fromhex(digest), frozenset(str(r) for r in realms)))
+        background = entry.get("background", False)
+        if not isinstance(background, bool):
+            raise CallersFileError(f"{where} ({name}): background must be true or false")
+        callers.append(
+            Caller(name, bytes.fromhex(digest), frozenset(str(r) for r in realms), background)
+        )
     return callers
 
 

@@ -80,6 +80,7 @@ class QboRequest:
     read: bool  # safe to repeat and to cache (`paths.is_read`)
     caller: str = ""  # the caller's name, for the meter
     probe: bool = False  # the gateway's own monitor probe
+    background: bool = False  # the caller is marked background (the read guard may refuse)
 
 
 def _no_deadline() -> float:

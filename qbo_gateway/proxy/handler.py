@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from qbo_gateway.admission.retry import RetryPolicy
-from qbo_gateway.cache.read_through import ReadThrough
+from qbo_gateway.cache.read_through import BudgetGuard, ReadThrough
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import (
@@ -32,7 +32,7 @@ from qbo_gateway.faults import (
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import NullObserver, Observer
 from qbo_gateway.proxy.access_log import AccessLog, RequestRecord
-from qbo_gateway.proxy.callers import CallerRegistry, presented_key
+from qbo_gateway.proxy.callers import Caller, CallerRegistry, presented_key
 from qbo_gateway.proxy.exchange import (
     AdmissionGate,
     CallMeter,
@@ -66,6 +66,7 @@ class Proxy:
         request_timeout: float,
         observer: Observer | None = None,
         meter: CallMeter | None = None,
+        guard: BudgetGuard | None = None,
     ) -> None:
         self.callers = callers
         self.clock = clock
@@ -81,7 +82,7 @@ class Proxy:
             retry=retry,
             meter=meter,
         )
-        self.reads = ReadThrough(cache, self.caller)
+        self.reads = ReadThrough(cache, self.caller, guard)
         self.access = AccessLog(metrics=metrics, observer=self.observer)
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
@@ -97,7 +98,7 @@ class Proxy:
             rec.caller = caller.name
             self.callers.authorize(caller, target.realm_id)
             body = await self._read_body(request)
-            req = self._outgoing(request, target, body, caller.name)
+            req = self._outgoing(request, target, body, caller)
             answer = await self.reads.send(req, request.headers.get("Cache-Control"), rec)
             response = await relay(request, answer, rec) if isinstance(answer, Relay) else answer
         except GatewayError as err:
@@ -145,7 +146,7 @@ class Proxy:
         return b"".join(chunks)
 
     def _outgoing(
-        self, request: web.Request, target: Target, body: bytes | None, caller: str
+        self, request: web.Request, target: Target, body: bytes | None, caller: Caller
     ) -> QboRequest:
         read = is_read(request.method, target.rest)
         if not read:
@@ -154,7 +155,16 @@ class Proxy:
         deadline = self.clock.monotonic() + self.request_timeout
         withhold = None if self.callers.open_mode else presented_key(request.headers)
         headers = forward_headers(request.headers, withhold=withhold)
-        return QboRequest(request.method, target, headers, body, deadline, read, caller)
+        return QboRequest(
+            request.method,
+            target,
+            headers,
+            body,
+            deadline,
+            read,
+            caller=caller.name,
+            background=caller.background,
+        )
 
     # --- monitor probes ----------------------------------------------------------------
 

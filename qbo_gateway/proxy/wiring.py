@@ -7,6 +7,7 @@ from aiohttp import web
 from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.admission.records import AdmissionPolicy
 from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
+from qbo_gateway.cache.read_through import BudgetGuard
 from qbo_gateway.cache.records import CacheBackend
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock
@@ -75,6 +76,7 @@ def build_proxy(
     metrics: Metrics,
     observer: Observer,
     meter: CallMeter | None = None,
+    guard: BudgetGuard | None = None,
 ) -> Proxy:
     return Proxy(
         api_base=settings.api_base,
@@ -89,6 +91,7 @@ def build_proxy(
         retry=RetryPolicy(budget=RetryBudget(ratio=settings.retry_budget_ratio)),
         cache=cache,
         meter=meter,
+        guard=guard,
         max_body_bytes=settings.max_body_bytes,
         request_timeout=settings.request_timeout_seconds,
     )
