@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     monitor_interval_seconds: float = Field(300.0, gt=0)
     monitor_autostart: bool = True
     health_history_seconds: float = Field(86400.0, gt=0)
-    health_bucket_seconds: float = Field(60.0, gt=0)
+    health_bucket_seconds: float = Field(300.0, gt=0)
     sla_uptime_target: float = Field(0.999, gt=0, le=1)
     sla_avg_response_seconds: float = Field(2.0, gt=0)
     sla_recovery_seconds: float = Field(300.0, gt=0)

@@ -338,8 +338,13 @@ async def test_two_instances_on_one_redis_probe_each_realm_once_per_interval(
         gw.add_realm(realm)
     redis = make_redis(redis_server.url)
     keys = RedisKeys(redis_prefix)
-    a = make_monitor(gw, store=RedisHealthStore(redis, history_seconds=DAY, keys=keys), owner="a")
-    b = make_monitor(gw, store=RedisHealthStore(redis, history_seconds=DAY, keys=keys), owner="b")
+
+    # Minute buckets: the figures below are checked to the minute.
+    def store() -> RedisHealthStore:
+        return RedisHealthStore(redis, history_seconds=DAY, keys=keys, bucket_seconds=60.0)
+
+    a = make_monitor(gw, store=store(), owner="a", bucket_seconds=60.0)
+    b = make_monitor(gw, store=store(), owner="b", bucket_seconds=60.0)
     try:
         for _ in range(3):
             gw.probed.clear()
@@ -524,8 +529,13 @@ async def test_history_is_shared_through_redis(
     gw.add_realm("888")
     redis = make_redis(redis_server.url)
     keys = RedisKeys(redis_prefix)
-    a = make_monitor(gw, store=RedisHealthStore(redis, history_seconds=DAY, keys=keys), owner="a")
-    b = make_monitor(gw, store=RedisHealthStore(redis, history_seconds=DAY, keys=keys), owner="b")
+
+    # Minute buckets: the figures below are checked to the minute.
+    def store() -> RedisHealthStore:
+        return RedisHealthStore(redis, history_seconds=DAY, keys=keys, bucket_seconds=60.0)
+
+    a = make_monitor(gw, store=store(), owner="a", bucket_seconds=60.0)
+    b = make_monitor(gw, store=store(), owner="b", bucket_seconds=60.0)
     try:
         ok(a, "888", 0.5)
         gw.clock.advance(1)
@@ -551,8 +561,13 @@ async def test_dashboards_of_two_replicas_follow_the_fleets_buckets(
     gw.add_realm("888")
     redis = make_redis(redis_server.url)
     keys = RedisKeys(redis_prefix)
-    a = make_monitor(gw, store=RedisHealthStore(redis, history_seconds=DAY, keys=keys), owner="a")
-    b = make_monitor(gw, store=RedisHealthStore(redis, history_seconds=DAY, keys=keys), owner="b")
+
+    # Minute buckets: the figures below are checked to the minute.
+    def store() -> RedisHealthStore:
+        return RedisHealthStore(redis, history_seconds=DAY, keys=keys, bucket_seconds=60.0)
+
+    a = make_monitor(gw, store=store(), owner="a", bucket_seconds=60.0)
+    b = make_monitor(gw, store=store(), owner="b", bucket_seconds=60.0)
     try:
         await b.token_rules.refresh(force=True)
         await a.token_rules.refresh(force=True)

@@ -87,6 +87,9 @@ async def day(
             redis_prefix=redis_prefix,
             breaker_failure_threshold=5,
             breaker_recovery_seconds=90.0,
+            # Minute buckets (the default is five minutes): the window's edge is checked to
+            # the minute below.
+            health_bucket_seconds=60.0,
             **(extra if backend == "redis" else {}),
         )
         gw.proxy_url = str(proxy.make_url("")).rstrip("/")  # type: ignore[attr-defined]

@@ -100,7 +100,10 @@ class UpsertResult:
 
 
 RECENT_EVENTS = 50  # recent checks and events kept per realm (the history is the buckets)
-BUCKET_SECONDS = 60.0
+# Five minutes: hourly timeline points and SLA figures need no finer grain (incident times are
+# kept exactly, outside the buckets), and a day then costs a realm 10 KB in process and
+# 48 KB in Redis instead of 49 KB and 242 KB at one minute.
+BUCKET_SECONDS = 300.0
 
 
 class HealthStore(Protocol):
