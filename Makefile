@@ -2,13 +2,20 @@
 PY ?= .venv/bin/python
 VENV ?= .venv
 
-.PHONY: install check lint types test demo bench deploy-check image-check
+.PHONY: install sdk-deps check lint types test demo bench deploy-check image-check
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 
 install: $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[dev]'
+
+# node-quickbooks, pinned in tests/sdk/package-lock.json, for the SDK tests (tests/test_sdks.py).
+SDK_STAMP = tests/sdk/node_modules/.package-lock.json
+$(SDK_STAMP): tests/sdk/package.json tests/sdk/package-lock.json
+	cd tests/sdk && npm ci --no-audit --no-fund
+
+sdk-deps: $(SDK_STAMP)
 
 lint:
 	$(PY) -m ruff check qbo_gateway tests bench
@@ -22,7 +29,7 @@ test:
 
 # deploy-check runs before test: it fetches promtool, which the deploy tests use.
 # image-check runs before test, so pytest's summary is the last line of the run.
-check: install lint types deploy-check image-check test
+check: install sdk-deps lint types deploy-check image-check test
 
 demo: install
 	$(VENV)/bin/qbo-gateway demo
