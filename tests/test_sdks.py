@@ -18,7 +18,7 @@ import pytest
 
 from qbo_gateway.simulator import FaultRule
 from tests.harness import OTHER_REALM, REALM, Stack, start_stack, stop_stack
-from tests.sdk_drivers import SDKS, SDK, Result
+from tests.sdk_drivers import SDK, SDKS, Result
 
 pytestmark = pytest.mark.slow
 
