@@ -259,7 +259,13 @@ def _applications(
     settings, metrics = core.settings, core.metrics
     proxy_listener = proxy_app(settings, proxy)
     ops_listener = ops_app(
-        settings, readiness=readiness, metrics=metrics, tokens=tokens, flow=flow, health=health
+        settings,
+        readiness=readiness,
+        metrics=metrics,
+        tokens=tokens,
+        flow=flow,
+        health=health,
+        clock=core.clock,
     )
     set_edge_limits(
         {

@@ -109,9 +109,21 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             )
         )
     if args.tokens_command == "list":
-        return asyncio.run(token_cli.tokens_list(settings, as_json=args.json))
+        return asyncio.run(
+            token_cli.tokens_list(settings, as_json=args.json, limit=args.limit, after=args.after)
+        )
     if args.tokens_command == "revoke":
         return asyncio.run(token_cli.tokens_revoke(settings, realm_id=args.realm))
+    if args.tokens_command == "remove":
+        return asyncio.run(token_cli.tokens_remove(settings, realm_id=args.realm))
+    if args.tokens_command == "link":
+        from qbo_gateway.commands.realm_link import tokens_link
+
+        return asyncio.run(
+            tokens_link(
+                settings, realm_id=args.realm, return_to=args.return_to, ops_url=args.ops_url
+            )
+        )
     return 2
 
 
@@ -165,8 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="overwrite a stored realm")
     lst = tsub.add_parser("list", help="realms with expiry times (never a token)")
     lst.add_argument("--json", action="store_true")
+    lst.add_argument("--limit", type=int, default=100, help="realms per page")
+    lst.add_argument("--after", default=None, help="start after this realm id (next page)")
     rev = tsub.add_parser("revoke", help="revoke at Intuit and remove the realm")
     rev.add_argument("--realm", required=True)
+    rem = tsub.add_parser("remove", help="forget the realm here (no call to Intuit)")
+    rem.add_argument("--realm", required=True)
+    link = tsub.add_parser("link", help="a connect link from the running gateway (admin token)")
+    link.add_argument("--realm", default=None, help="reconnect this realm (default: a new one)")
+    link.add_argument("--return-to", default=None, help="a URL on QBO_CONNECT_RETURN_URLS")
+    link.add_argument("--ops-url", default=None, help="default: the local ops listener")
     tokens.set_defaults(func=cmd_tokens)
 
     connect = sub.add_parser("connect", help="connect a new realm (OAuth authorization code)")

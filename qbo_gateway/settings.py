@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     revoke_url: str | None = None
     minor_version: str = "75"
     redirect_uri: str | None = None  # for `connect`; default: the ops listener's callback
+    # Pages a connect link may send the person back to (comma-separated URL prefixes).
+    connect_return_urls: str = ""
 
     # listeners
     proxy_host: str = "127.0.0.1"
@@ -196,6 +198,17 @@ class Settings(BaseSettings):
     @classmethod
     def _urls(cls, value: str | None, info: Any) -> str | None:
         return _check_url(f"QBO_{info.field_name.upper()}", value)
+
+    @field_validator("connect_return_urls")
+    @classmethod
+    def _return_urls(cls, value: str) -> str:
+        for url in value.split(","):
+            _check_url("QBO_CONNECT_RETURN_URLS", url.strip())
+        return value
+
+    @property
+    def connect_return_url_list(self) -> list[str]:
+        return [url.strip() for url in self.connect_return_urls.split(",") if url.strip()]
 
     @field_validator("alert_webhook_url")
     @classmethod

@@ -11,8 +11,6 @@ import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TextIO
 
 import aiohttp
@@ -25,8 +23,9 @@ from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import connect_redis
 from qbo_gateway.tokens.crypto import InvalidKeys
+from qbo_gateway.tokens.listing import DEFAULT_PAGE, RealmPage, page_of
 from qbo_gateway.tokens.manager import new_record
-from qbo_gateway.tokens.records import TokenRecord, TokenStore
+from qbo_gateway.tokens.records import TokenStore
 from qbo_gateway.tokens.store_redis import RedisTokenStore
 from qbo_gateway.tokens.store_sqlite import SqliteTokenStore
 from qbo_gateway.tokens.wiring import token_cipher
@@ -102,51 +101,12 @@ async def tokens_import(
     return 0
 
 
-def _iso(value: float | None) -> str:
-    if not value:
-        return "-"
-    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def record_state(record: TokenRecord, now: float) -> str:
-    if record.needs_reconnect:
-        return "needs_reconnect"
-    ends = [t for t in (record.refresh_expires_at, record.refresh_hard_expires_at) if t]
-    if ends and min(ends) <= now:
-        return "refresh_expired"
-    if record.access_expires_at <= now:
-        return "access_expired"  # refreshed on first use or by the daemon's refresher
-    return "ok"
-
-
-@dataclass(frozen=True)
-class ListedRealm:
-    realm_id: str
-    access_expires_at: str
-    refresh_expires_at: str
-    refresh_hard_expires_at: str
-    status: str
-    version: int
-
-
-def listing(records: list[TokenRecord], now: float) -> list[ListedRealm]:
-    return [
-        ListedRealm(
-            realm_id=r.realm_id,
-            access_expires_at=_iso(r.access_expires_at),
-            refresh_expires_at=_iso(r.refresh_expires_at),
-            refresh_hard_expires_at=_iso(r.refresh_hard_expires_at),
-            status=record_state(r, now),
-            version=r.version,
-        )
-        for r in records
-    ]
-
-
 async def tokens_list(
     settings: Settings,
     *,
     as_json: bool = False,
+    limit: int = DEFAULT_PAGE,
+    after: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
     clock: Clock | None = None,
@@ -158,29 +118,56 @@ async def tokens_list(
     except (InvalidKeys, StateUnavailable) as exc:
         print(f"qbo-gateway: {exc}", file=err)
         return 1
-    rows = listing(records, clock.now())
+    page = page_of(list(records), clock.now(), limit=limit, after=after)
     if as_json:
-        plain = [{k: (None if v == "-" else v) for k, v in row.__dict__.items()} for row in rows]
-        print(json.dumps(plain, indent=2), file=out)
-        return 0
+        print(json.dumps([r.as_json() for r in page.realms], indent=2), file=out)
+    else:
+        _print_table(page, out)
+    if page.next_after is not None:
+        print(f"(more realms: --after {page.next_after})", file=err)
+    return 0
+
+
+def _print_table(page: RealmPage, out: TextIO) -> None:
     header = ("REALM", "ACCESS EXPIRES", "REFRESH EXPIRES", "HARD EXPIRY", "STATUS")
     table = [header] + [
         (
             r.realm_id,
-            r.access_expires_at,
-            r.refresh_expires_at,
-            r.refresh_hard_expires_at,
+            r.access_expires_at or "-",
+            r.refresh_expires_at or "-",
+            r.refresh_hard_expires_at or "-",
             r.status,
         )
-        for r in rows
+        for r in page.realms
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print(
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
         )
-    if not rows:
+    if not page.realms:
         print("(no realms stored)", file=out)
+
+
+async def tokens_remove(
+    settings: Settings,
+    *,
+    realm_id: str,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Forget a realm without telling Intuit (its grant stays valid there; see revoke)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        async with open_store(settings) as store:
+            removed = await store.delete(realm_id)
+    except (InvalidKeys, StateUnavailable) as exc:
+        print(f"qbo-gateway: {exc}", file=err)
+        return 1
+    if not removed:
+        print(f"qbo-gateway: no tokens stored for realm {realm_id}", file=err)
+        return 1
+    print(f"removed realm {realm_id}", file=out)
     return 0
 
 

@@ -31,6 +31,7 @@ from qbo_gateway.oauth.intuit import (
     new_pkce,
     new_state,
 )
+from qbo_gateway.oauth.return_to import Outcome, with_outcome
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
@@ -46,11 +47,32 @@ _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 class ConnectError(Exception):
-    """The callback cannot complete; `status` is what the browser is answered with."""
+    """The callback cannot complete; `status` is what the browser is answered with, and
+    `return_to` where to send the person (set once the state is known)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, return_to: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.return_to = return_to
+
+
+NOT_CONFIGURED = (
+    "QBO_CLIENT_ID and QBO_CLIENT_SECRET are not set: create an app at Intuit's developer "
+    "portal and set its credentials first"
+)
+
+
+class NotConfigured(ConnectError):
+    """No Intuit app credentials: a consent link would carry an empty client_id."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 503)
+
+
+@dataclass(frozen=True)
+class Connected:
+    record: TokenRecord
+    return_to: str | None = None
 
 
 class OAuthStates(Protocol):
@@ -109,12 +131,15 @@ class ConnectFlow:
     company: CompanyCheck
     state_ttl: float = STATE_TTL
 
-    async def start(self, realm_id: str | None = None) -> str:
+    async def start(self, realm_id: str | None = None, *, return_to: str | None = None) -> str:
         """A fresh authorize URL (its state and verifier are kept for the callback).
 
         With `realm_id` the link reconnects exactly that realm: only a callback for it may
         replace its tokens. Without, the link connects a realm the gateway does not hold
-        live tokens for."""
+        live tokens for. `return_to` (already checked against the allow list) is where the
+        person is sent afterwards, with the outcome."""
+        if not self.oauth.client_id:
+            raise NotConfigured(NOT_CONFIGURED)
         if realm_id is not None and not realm_id.isdigit():
             raise ConnectError("realm ids are digits only")
         state = new_state()
@@ -122,12 +147,23 @@ class ConnectFlow:
         kept = {"verifier": pkce.verifier, "redirect_uri": self.redirect_uri}
         if realm_id is not None:
             kept["realm"] = realm_id
+        if return_to:
+            kept["return_to"] = return_to
         await self.states.put(state, kept, self.state_ttl)
         return self.oauth.authorize_url(
             redirect_uri=self.redirect_uri, state=state, code_challenge=pkce.challenge
         )
 
+    async def abandon(self, state: str) -> str | None:
+        """Intuit sent the person back without a code: drop the state, give its return_to."""
+        kept = await self.states.take(state) if state else None
+        return kept.get("return_to") if kept else None
+
     async def complete(self, *, code: str, state: str, realm_id: str) -> TokenRecord:
+        connected = await self.complete_connection(code=code, state=state, realm_id=realm_id)
+        return connected.record
+
+    async def complete_connection(self, *, code: str, state: str, realm_id: str) -> Connected:
         if not realm_id.isdigit():
             raise ConnectError("the callback carries no valid realmId")
         if not code or not state:
@@ -135,6 +171,14 @@ class ConnectFlow:
         kept = await self.states.take(state)
         if kept is None:
             raise ConnectError("unknown, used or expired state: start the connection again")
+        try:
+            record = await self._connect(kept, code=code, realm_id=realm_id)
+        except ConnectError as exc:
+            exc.return_to = kept.get("return_to")
+            raise
+        return Connected(record, kept.get("return_to"))
+
+    async def _connect(self, kept: dict[str, str], *, code: str, realm_id: str) -> TokenRecord:
         bound = kept.get("realm")
         if bound is not None and bound != realm_id:
             log.warning("oauth_callback_wrong_realm", bound_realm=bound, claimed_realm=realm_id)
@@ -223,25 +267,38 @@ def connect_routes(
 
     async def callback(request: web.Request) -> web.StreamResponse:
         query = request.query
-        if "error" in query:
-            reason = query.get("error", "")[:64]
-            return _page(400, f"Intuit did not authorize the connection ({reason}).")
+        realm_id = query.get("realmId", "")
         try:
-            record = await flow.complete(
-                code=query.get("code", ""),
-                state=query.get("state", ""),
-                realm_id=query.get("realmId", ""),
+            if "error" in query:
+                return_to = await flow.abandon(query.get("state", ""))
+                reason = query.get("error", "")[:64]
+                message = f"Intuit did not authorize the connection ({reason})."
+                return _finish(400, message, return_to, "denied", realm_id)
+            done = await flow.complete_connection(
+                code=query.get("code", ""), state=query.get("state", ""), realm_id=realm_id
             )
         except ConnectError as exc:
             log.warning("oauth_callback_refused", reason=str(exc))
-            return _page(exc.status, str(exc))
+            return _finish(exc.status, str(exc), exc.return_to, "failed", realm_id)
         except StateUnavailable:
             return _page(503, "The state backend is unreachable; try again shortly.")
         if on_connected is not None:
-            on_connected(record)
-        return _page(200, f"Realm {record.realm_id} is connected to the gateway.")
+            on_connected(done.record)
+        message = f"Realm {done.record.realm_id} is connected to the gateway."
+        return _finish(200, message, done.return_to, "connected", done.record.realm_id)
 
     return [web.get(connect_path, connect), web.get(callback_path, callback)]
+
+
+def _finish(
+    status: int, message: str, return_to: str | None, outcome: Outcome, realm_id: str
+) -> web.Response:
+    """The person's page, or a redirect to the allowed `return_to` with the outcome."""
+    if return_to is None:
+        return _page(status, message)
+    realm = realm_id if realm_id.isdigit() else None
+    location = with_outcome(return_to, outcome=outcome, realm_id=realm)
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
 def _page(status: int, message: str) -> web.Response:

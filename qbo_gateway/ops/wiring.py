@@ -1,16 +1,20 @@
-"""The ops listener's builder: probes, metrics, admin actions, OAuth connect, health API."""
+"""The ops listener's builder: probes, metrics, admin actions, realm lifecycle, OAuth connect,
+health API."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from qbo_gateway.clock import Clock
 from qbo_gateway.edge.answers import ops_edge
 from qbo_gateway.health.wiring import Health
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.oauth.connect import ConnectFlow, connect_routes
+from qbo_gateway.oauth.return_to import ReturnUrls
 from qbo_gateway.ops.health_api import add_health_routes
 from qbo_gateway.ops.listener import Readiness, admin_authorized, build_ops_app
 from qbo_gateway.ops.read_guard import read_guard
+from qbo_gateway.ops.realms_api import RealmsApi
 from qbo_gateway.settings import Settings, secret_text
 from qbo_gateway.tokens.manager import TokenManager
 
@@ -23,6 +27,7 @@ def ops_app(
     tokens: TokenManager,
     flow: ConnectFlow,
     health: Health,
+    clock: Clock,
 ) -> web.Application:
     admin_token = secret_text(settings.admin_token) or None
 
@@ -47,6 +52,14 @@ def ops_app(
         force_refresh=force_refresh,
     )
     app.add_routes(connect_routes(flow, guard=admin_guard))
+    realms = RealmsApi(
+        tokens=tokens,
+        flow=flow,
+        return_urls=ReturnUrls(settings.connect_return_url_list),
+        clock=clock,
+        admin_token=admin_token,
+    )
+    app.add_routes(realms.routes())
     add_health_routes(app, health, admin_token=admin_token)
     app.middlewares.append(ops_edge())
     app.middlewares.append(read_guard(secret_text(settings.ops_read_token) or None, admin_token))
