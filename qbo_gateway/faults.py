@@ -164,7 +164,8 @@ FAULT_CODES: dict[str, str] = {
     "GW-UPSTREAM-UNAVAILABLE": "9502",
     "GW-UPSTREAM-TIMEOUT": "9504",
     "GW-INTERNAL": "9500",
-    "GW-REALM-EXISTS": "9409",  # the ops listener: importing over a stored realm without force
+    "GW-REALM-EXISTS": "9409",  # the ops listener: importing over a stored realm, no force
+    "GW-NOT-CONFIGURED": "9501",  # the ops listener: connect links without app credentials
     "GW-NOT-FOUND": "9404",  # the ops listener: no such route
 }
 """`GW-` name -> the decimal `code` in the fault body."""

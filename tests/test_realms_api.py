@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 import qbo_gateway.commands.tokens as token_cli
+from qbo_gateway.commands.connect import connect
 from qbo_gateway.commands.realm_link import tokens_link
 from tests.harness import OTHER_REALM, REALM, Stack, settings_for, start_stack, stop_stack
 
@@ -244,3 +245,23 @@ async def test_cli_twins(stack: Stack, tmp_path: Path) -> None:
     assert await token_cli.tokens_remove(settings, realm_id=REALM, out=gone) == 0
     assert f"removed realm {REALM}" in gone.getvalue()
     assert await token_cli.tokens_remove(settings, realm_id=REALM, err=io.StringIO()) == 1
+
+
+async def test_no_connect_link_without_app_credentials(aiohttp_server: Any, tmp_path: Path) -> None:
+    s = await start_stack(aiohttp_server, tmp_path, client_id="", client_secret="")
+    try:
+        for path in ("/admin/realms/connect-link", f"/admin/realms/{REALM}/connect-link"):
+            status, doc, headers = await call(s, "POST", path)
+            assert status == 503 and fault_code(doc) == "9501"
+            assert headers["X-QBO-Gateway-Error"] == "GW-NOT-CONFIGURED"
+            assert "QBO_CLIENT_ID" in doc["Fault"]["Error"][0]["Detail"]
+        async with s.session.get(
+            s.ops_url + "/oauth/connect", headers=ADMIN, allow_redirects=False
+        ) as resp:
+            assert resp.status == 503 and "QBO_CLIENT_ID" in await resp.text()
+        err = io.StringIO()
+        settings = settings_for(s.sim_url, tmp_path / "cli", client_id="", client_secret="")
+        assert await connect(settings, out=io.StringIO(), err=err) == 2
+        assert "QBO_CLIENT_ID" in err.getvalue()
+    finally:
+        await stop_stack(s)

@@ -21,10 +21,16 @@ from prometheus_client import CollectorRegistry
 from qbo_gateway.clock import SystemClock
 from qbo_gateway.commands.tokens import open_store
 from qbo_gateway.metrics import Metrics
-from qbo_gateway.oauth.connect import CALLBACK_PATH, ConnectFlow, MemoryOAuthStates, connect_routes
+from qbo_gateway.oauth.connect import (
+    CALLBACK_PATH,
+    NOT_CONFIGURED,
+    ConnectFlow,
+    MemoryOAuthStates,
+    connect_routes,
+)
 from qbo_gateway.oauth.wiring import company_check, oauth_client
 from qbo_gateway.observe import NullObserver
-from qbo_gateway.settings import Settings
+from qbo_gateway.settings import Settings, secret_text
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.locks import MemoryLocks
 from qbo_gateway.tokens.crypto import InvalidKeys
@@ -59,6 +65,10 @@ async def connect(
     else http://localhost:<port>/oauth/callback; it must be registered with the Intuit app.
     """
     term = _Terminal(out or sys.stdout, err or sys.stderr, wait_seconds, ready, urls)
+    if not settings.client_id or not secret_text(settings.client_secret):
+        # An authorize URL with an empty client_id only gets an error page from Intuit.
+        print(f"qbo-gateway connect: {NOT_CONFIGURED}", file=term.err)
+        return 2
     redirect_uri = settings.redirect_uri or f"http://localhost:{port}{CALLBACK_PATH}"
     try:
         async with open_store(settings) as store, aiohttp.ClientSession() as session:

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import BadPath, GatewayError, UnknownRealm, gateway_fault, render_fault
-from qbo_gateway.oauth.connect import ConnectFlow
+from qbo_gateway.oauth.connect import ConnectFlow, NotConfigured
 from qbo_gateway.oauth.intuit import OAuthError, TransientTokenError
 from qbo_gateway.oauth.return_to import ReturnUrlRefused, ReturnUrls
 from qbo_gateway.ops.listener import admin_authorized, admin_refusal
@@ -165,7 +165,12 @@ class RealmsApi:
                 raise BadPath(str(exc)) from None
         if realm_id is not None and await self.tokens.status(realm_id) is None:
             raise UnknownRealm(f"no tokens for realm {realm_id}: make a link for a new realm")
-        url = await self.flow.start(realm_id=realm_id, return_to=return_to)
+        try:
+            url = await self.flow.start(realm_id=realm_id, return_to=return_to)
+        except NotConfigured as exc:
+            return gateway_fault(
+                "GW-NOT-CONFIGURED", 503, "Connecting realms is not set up", str(exc)
+            )
         log.info("admin_connect_link", realm_id=realm_id, return_to=return_to is not None)
         body = {
             "url": url,
