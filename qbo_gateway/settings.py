@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qbo_gateway.settings_rules import limit_problems, unknown_variables
 from qbo_gateway.state.topology import RedisTopology, check_topology, parse_sentinels
 
 INTUIT_API = {
@@ -297,6 +299,9 @@ class Settings(BaseSettings):
             raise ValueError("QBO_TOKEN_KEYS is required when QBO_REDIS_URL is set")
         if self.realm_id and not self.refresh_token:
             raise ValueError("QBO_REALM_ID is set but QBO_REFRESH_TOKEN is not")
+        contradictions = limit_problems(self)
+        if contradictions:
+            raise ValueError("; ".join(contradictions))
         return self
 
     # derived values
@@ -348,9 +353,22 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def environment_problems(environ: Mapping[str, str]) -> list[str]:
+    """Misspelt `QBO_` names, and a QBO_SECRETS_DIR that is not there."""
+    problems = unknown_variables(environ, (f"QBO_{name}" for name in Settings.model_fields))
+    secrets = environ.get("QBO_SECRETS_DIR")
+    if secrets and not Path(secrets).is_dir():
+        problems.append(f"QBO_SECRETS_DIR={secrets} is not a directory")
+    return problems
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Load and validate settings; raises SettingsError with a message naming the setting."""
+    problems = environment_problems(os.environ)
+    if problems:
+        raise SettingsError("; ".join(problems))
     try:
-        return Settings(**overrides)
+        # _secrets_dir: read now, not when the class was defined (the environment may change).
+        return Settings(_secrets_dir=_secrets_dir(), **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None

@@ -7,6 +7,7 @@ init container or on an operator's laptop against the production settings.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from qbo_gateway.ops.read_guard import open_health_warning
@@ -15,13 +16,27 @@ from qbo_gateway.settings import Settings
 from qbo_gateway.tokens.crypto import InvalidKeys, parse_keys
 
 
-def _writable_dir(path: Path) -> bool:
+def state_dir_problem(path: Path) -> str | None:
+    """Why this process cannot keep state in `path`, or None when it can.
+
+    Permission bits say nothing for root, and a read-only mount refuses even root, so the
+    test is to create (and remove) a file: in `path`, or in its nearest existing ancestor
+    when `path` is still to be made.
+    """
     probe = path
     while not probe.exists():
         if probe.parent == probe:
-            return False
+            return f"QBO_STATE_DIR={path}: no part of the path exists"
         probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    if not probe.is_dir():
+        return f"QBO_STATE_DIR={path}: {probe} is not a directory"
+    try:
+        handle, name = tempfile.mkstemp(dir=probe, prefix=".qbo-gateway-write-test-")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        return f"QBO_STATE_DIR={path}: cannot create a file in {probe} ({exc.strerror})"
+    return None
 
 
 def check_config(settings: Settings) -> tuple[list[str], list[str]]:
@@ -45,10 +60,11 @@ def check_config(settings: Settings) -> tuple[list[str], list[str]]:
     else:
         notes.append("QBO_TOKEN_KEYS unset: embedded mode keeps a generated key file")
     if settings.embedded:
-        if _writable_dir(settings.state_dir):
-            notes.append(f"QBO_STATE_DIR {settings.state_dir} is writable")
+        problem = state_dir_problem(settings.state_dir)
+        if problem is None:
+            notes.append(f"QBO_STATE_DIR {settings.state_dir}: a file can be created there")
         else:
-            problems.append(f"QBO_STATE_DIR={settings.state_dir} is not writable")
+            problems.append(problem)
     else:
         notes.append(f"Redis {settings.redis_mode} mode (not contacted by check-config)")
     if not settings.client_id or not settings.client_secret.get_secret_value():

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from qbo_gateway.app import Gateway, build_gateway, store_durability
+from qbo_gateway.commands.check_config import state_dir_problem
 from qbo_gateway.edge.server import EdgeRunner
 from qbo_gateway.logs import failure
 from qbo_gateway.ops.listener import ComponentState
@@ -34,6 +35,10 @@ async def serve(
     after_build: Callable[[Gateway], Awaitable[None]] | None = None,
 ) -> int:
     """Run both listeners until SIGTERM/SIGINT, then drain (see the module docstring)."""
+    problem = state_dir_problem(settings.state_dir) if settings.embedded else None
+    if problem is not None:
+        log.critical("state_dir_unusable", detail=problem)
+        return 2
     gw = await build_gateway(settings)
     if after_build is not None:
         await after_build(gw)
