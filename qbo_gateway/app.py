@@ -263,6 +263,7 @@ def _applications(
         readiness=readiness,
         metrics=metrics,
         tokens=tokens,
+        admitter=admitter,
         flow=flow,
         health=health,
         clock=core.clock,

@@ -227,6 +227,24 @@ async def test_outcome_from_an_earlier_state_never_flips_the_current_one(
     assert await b2.record(REALM, probe, Outcome.SUCCESS) is BreakerState.CLOSED
 
 
+async def test_reset_closes_the_circuit_for_every_replica(make_backends: Factory) -> None:
+    policy = AdmissionPolicy(failure_threshold=2, recovery_seconds=300)
+    b1, b2 = await make_backends(policy, 2)
+    before = await b1.admit(REALM)  # admitted before the circuit opened
+    await open_circuit(b1, policy)
+    failing = await b1.admit(REALM)
+    assert failing.verdict is Verdict.REFUSE
+    await b1.reset_breaker(REALM)
+    load = await b2.load(REALM)
+    assert load.breaker is BreakerState.CLOSED and load.consecutive_failures == 0
+    admitted = await b2.admit(REALM)
+    assert admitted.verdict is Verdict.ADMIT and admitted.probe is False
+    # Outcomes of requests from before the reset have no say over the new state.
+    assert await b1.record(REALM, before, Outcome.FAILURE) is None
+    assert await fail(b2, 1) == [None]  # one failure of the threshold's two: still closed
+    assert (await b1.load(REALM)).breaker is BreakerState.CLOSED
+
+
 async def test_three_replicas_never_exceed_the_minute_limit(
     make_backends: Factory, clock: ManualClock
 ) -> None:

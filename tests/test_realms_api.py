@@ -21,6 +21,7 @@ import pytest
 import qbo_gateway.commands.tokens as token_cli
 from qbo_gateway.commands.connect import connect
 from qbo_gateway.commands.realm_link import tokens_link
+from qbo_gateway.simulator import FaultRule
 from tests.harness import OTHER_REALM, REALM, Stack, settings_for, start_stack, stop_stack
 
 ADMIN = {"Authorization": "Bearer admin-token-for-tests"}
@@ -58,6 +59,7 @@ ROUTES = [
     ("POST", f"/admin/realms/{REALM}/revoke"),
     ("POST", "/admin/realms/connect-link"),
     ("POST", f"/admin/realms/{REALM}/connect-link"),
+    ("POST", f"/admin/realms/{REALM}/reset-circuit"),
 ]
 
 
@@ -263,5 +265,33 @@ async def test_no_connect_link_without_app_credentials(aiohttp_server: Any, tmp_
         settings = settings_for(s.sim_url, tmp_path / "cli", client_id="", client_secret="")
         assert await connect(settings, out=io.StringIO(), err=err) == 2
         assert "QBO_CLIENT_ID" in err.getvalue()
+    finally:
+        await stop_stack(s)
+
+
+async def test_reset_circuit_lets_requests_through_at_once(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    s = await start_stack(
+        aiohttp_server,
+        tmp_path,
+        breaker_failure_threshold=1,
+        breaker_recovery_seconds=300,
+        cache_stale_seconds=0,
+    )
+    try:
+        s.sim.inject(FaultRule(kind="server_error", path="customer", times=1))
+        async with s.session.post(s.api("customer"), json={"DisplayName": "x"}) as resp:
+            assert resp.status == 500
+        await s.gateway.admitter.drain()
+        async with s.session.get(s.api(f"companyinfo/{REALM}")) as resp:
+            assert resp.headers["X-QBO-Gateway-Error"] == "GW-CIRCUIT-OPEN"
+        status, doc, _ = await call(s, "POST", f"/admin/realms/{REALM}/reset-circuit")
+        assert status == 200 and doc == {"realm_id": REALM, "breaker": "closed"}
+        async with s.session.get(s.api(f"companyinfo/{REALM}")) as resp:
+            assert resp.status == 200
+        assert s.metric("qbo_gateway_circuit_transitions_total", {"to": "closed"}) == 1
+        status, doc, _ = await call(s, "POST", f"/admin/realms/{OTHER_REALM}/reset-circuit")
+        assert status == 404 and fault_code(doc) == "9404"
     finally:
         await stop_stack(s)

@@ -272,6 +272,12 @@ class MemoryAdmission:
                 return BreakerState.OPEN
         return None
 
+    async def reset_breaker(self, realm_id: str) -> None:
+        r = self._realm(realm_id)
+        r.state, r.generation = BreakerState.CLOSED, r.generation + 1
+        r.failures, r.failed_probes, r.open_until = 0, 0, 0.0
+        r.probe_id, r.probe_until = None, 0.0
+
     async def load(self, realm_id: str) -> RealmLoad:
         now = self._clock.now()
         r = self._realm(realm_id)

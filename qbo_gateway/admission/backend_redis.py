@@ -192,5 +192,25 @@ class RedisAdmission:
             generation=int(b[3] or 0),
         )
 
+    async def reset_breaker(self, realm_id: str) -> None:
+        key = self._keys.breaker(realm_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, "gen", 1)
+                pipe.hset(
+                    key,
+                    mapping={
+                        "state": "closed",
+                        "failures": 0,
+                        "failed_probes": 0,
+                        "probe_id": "",
+                        "open_until": 0,
+                    },
+                )
+                pipe.pexpire(key, self._breaker_ttl_ms)
+                await pipe.execute()
+        except REDIS_DOWN_ERRORS as exc:
+            raise StateUnavailable("redis admission unavailable") from exc
+
     async def close(self) -> None:
         """The Redis client belongs to the composition root, which closes it."""

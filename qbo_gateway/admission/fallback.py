@@ -90,6 +90,12 @@ class FallbackAdmission:
                 self._availability.mark_down(exc.__cause__ or exc)
         return await self._fallback.load(realm_id)
 
+    async def reset_breaker(self, realm_id: str) -> None:
+        # Both: the local breaker decides while Redis is down, the shared one after.
+        await self._fallback.reset_breaker(realm_id)
+        if self._availability.up:
+            await self._primary.reset_breaker(realm_id)
+
     async def close(self) -> None:
         await self._primary.close()
         await self._fallback.close()

@@ -149,6 +149,11 @@ class Admitter:
         with contextlib.suppress(Exception):  # an observer must never fail a request
             self._observer.breaker_changed(realm_id, state)
 
+    async def reset_breaker(self, realm_id: str) -> None:
+        """Close the realm's circuit now (admin action), reported like any transition."""
+        await self._backend.reset_breaker(realm_id)
+        self._transition(realm_id, BreakerState.CLOSED)
+
     async def drain(self) -> None:
         """Wait until every background record has finished (shutdown, tests)."""
         while self._tasks:

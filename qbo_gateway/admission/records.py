@@ -112,4 +112,9 @@ class AdmissionBackend(Protocol):
 
     async def load(self, realm_id: str) -> RealmLoad: ...
 
+    async def reset_breaker(self, realm_id: str) -> None:
+        """Close the realm's circuit now (an operator's action): a new generation, so an
+        outcome of a request admitted before has no say over it."""
+        ...
+
     async def close(self) -> None: ...

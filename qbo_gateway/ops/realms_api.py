@@ -11,6 +11,7 @@ command line, and none ever answers with a token:
     DELETE /admin/realms/{realmId}               forget it here only
     POST   /admin/realms/connect-link            a consent link for a new realm
     POST   /admin/realms/{realmId}/connect-link  a consent link to reconnect that realm
+    POST   /admin/realms/{realmId}/reset-circuit close the realm's circuit now
 
 A connect link may carry `return_to` (on `QBO_CONNECT_RETURN_URLS`): after the callback
 the person is sent there with `outcome` and `realm_id` added to the query.
@@ -25,6 +26,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.clock import Clock
 from qbo_gateway.faults import BadPath, GatewayError, UnknownRealm, gateway_fault, render_fault
 from qbo_gateway.oauth.connect import ConnectFlow, NotConfigured
@@ -45,6 +47,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 @dataclass(frozen=True)
 class RealmsApi:
     tokens: TokenManager
+    admitter: Admitter
     flow: ConnectFlow
     return_urls: ReturnUrls
     clock: Clock
@@ -60,6 +63,7 @@ class RealmsApi:
             web.delete(f"/admin/realms/{REALM}", guarded(self.remove_realm)),
             web.post(f"/admin/realms/{REALM}/revoke", guarded(self.revoke_realm)),
             web.post(f"/admin/realms/{REALM}/connect-link", guarded(self.connect_link)),
+            web.post(f"/admin/realms/{REALM}/reset-circuit", guarded(self.reset_circuit)),
         ]
 
     def _guarded(self, handler: Any) -> Any:
@@ -153,6 +157,15 @@ class RealmsApi:
         log.info("admin_realm_revoked", realm_id=realm_id, intuit=intuit)
         body = {"realm_id": realm_id, "revoked": True, "removed": True, "intuit": intuit}
         return web.json_response(body, headers=_NO_STORE)
+
+    async def reset_circuit(self, request: web.Request) -> web.Response:
+        """Close the circuit without waiting for the half-open probe (QBO is known good)."""
+        realm_id = request.match_info["realm_id"]
+        if await self.tokens.status(realm_id) is None:
+            raise UnknownRealm(f"no tokens for realm {realm_id}")
+        await self.admitter.reset_breaker(realm_id)
+        log.warning("admin_circuit_reset", realm_id=realm_id)
+        return web.json_response({"realm_id": realm_id, "breaker": "closed"}, headers=_NO_STORE)
 
     async def connect_link(self, request: web.Request) -> web.Response:
         realm_id = request.match_info.get("realm_id")
