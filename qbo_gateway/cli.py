@@ -45,7 +45,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_simulator(args: argparse.Namespace) -> int:
     from qbo_gateway.simulator import run
 
-    run(args.host, args.port, realm_id=args.realm, print_tokens=args.print_tokens)
+    run(
+        args.host,
+        args.port,
+        realm_id=args.realm,
+        print_tokens=args.print_tokens,
+        env_file=args.env_file,
+    )
     return 0
 
 
@@ -153,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8079)
     sim.add_argument("--realm", default=None, help="seed this realm id")
     sim.add_argument("--print-tokens", action="store_true", help="print the seeded tokens")
+    sim.add_argument(
+        "--env-file", default=None, help="write the settings a serve needs here (0600)"
+    )
     sim.set_defaults(func=cmd_simulator)
 
     check = sub.add_parser("check", help="exit 0 when the local gateway is ready")

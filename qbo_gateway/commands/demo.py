@@ -1,28 +1,37 @@
 """`qbo-gateway demo`: the bundled simulator and the gateway, wired together, in one process.
 
-A newcomer runs one command and gets a working gateway in embedded mode (SQLite tokens,
-in-process state) in front of a simulated QuickBooks company, plus curl lines that work
-exactly as printed. It honours QBO_PROXY_PORT, QBO_OPS_PORT and QBO_STATE_DIR.
+A newcomer runs one command and gets a working gateway in front of a simulated QuickBooks
+company, plus curl lines that work exactly as printed. It runs embedded (SQLite tokens,
+in-process state) unless QBO_REDIS_URL is set, in which case it uses that Redis (with
+QBO_TOKEN_KEYS), so other `serve` replicas can share it. It says where its state lives, sets
+an admin token when QBO_ADMIN_TOKEN is unset (and prints it: the fault step leaves a circuit
+open, and closing it is an admin action), and honours the other QBO_ settings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from qbo_gateway.app import Gateway
 from qbo_gateway.commands.serve import serve
 from qbo_gateway.logs import configure_logging
-from qbo_gateway.settings import SettingsError, default_state_dir, load_settings
+from qbo_gateway.settings import Settings, SettingsError, default_state_dir, load_settings
 from qbo_gateway.simulator import Simulator
+from qbo_gateway.state.errors import StateUnavailable
+from qbo_gateway.tokens.crypto import KEY_FILE_NAME
+from qbo_gateway.tokens.store_sqlite import DB_FILE_NAME
 
 DEMO_REALM = "9130349226472226"
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-client-secret"  # noqa: S105 - the simulator's own demo credential
+_JSON = "-H 'Content-Type: application/json'"
 
 
 def _state_dir() -> Path:
@@ -36,26 +45,59 @@ def _state_dir() -> Path:
         return Path(tempfile.mkdtemp(prefix="qbo-gateway-demo-"))
 
 
+def where_state_lives(settings: Settings) -> str:
+    if settings.embedded:
+        return (
+            f"embedded, in {settings.state_dir} ({DB_FILE_NAME}, and {KEY_FILE_NAME} unless "
+            "QBO_TOKEN_KEYS is set); delete the directory to start afresh"
+        )
+    url = urlsplit(settings.redis_url or "")
+    where = f"{url.scheme}://{url.hostname}:{url.port or 6379}{url.path}"
+    return f"Redis at {where} ({settings.redis_mode}, keys prefixed {settings.redis_prefix})"
+
+
 def curl_lines(proxy: str, ops: str, simulator: str, realm: str) -> list[str]:
     api = f"{proxy}/v3/company/{realm}"
     query = "select%20*%20from%20Customer%20MAXRESULTS%203"
     return [
         f"curl -s {api}/companyinfo/{realm}",
         f"curl -s '{api}/query?query={query}'",
-        f"curl -s -X POST {api}/customer -H 'Content-Type: application/json' "
-        '-d \'{"DisplayName":"Demo Customer"}\'',
+        f'curl -s -X POST {api}/customer {_JSON} -d \'{{"DisplayName":"Demo Customer"}}\'',
         f"curl -s {ops}/health/summary",
         f"curl -s '{ops}/readyz?verbose'",
         f"curl -s {ops}/metrics | grep qbo_gateway_requests_total",
         "# make QBO fail, then read again: the cached read comes back marked degraded",
-        f"curl -s -X POST {simulator}/_sim/faults -H 'Content-Type: application/json' "
+        f"curl -s -X POST {simulator}/_sim/faults {_JSON} "
         '-d \'{"target":"api","kind":"server_error","times":20}\'',
         f"curl -si '{api}/query?query={query}' | grep -i -E 'HTTP/|degraded|age|cache-status'",
+    ]
+
+
+def circuit_lines(
+    proxy: str, ops: str, simulator: str, realm: str, settings: Settings, admin: str
+) -> list[str]:
+    """The rest of the fault step: open the circuit, see it refuse, close it."""
+    write = f'-X POST {proxy}/v3/company/{realm}/customer {_JSON} -d \'{{"DisplayName":"x"}}\''
+    auth = f"-H 'Authorization: Bearer {admin}'"
+    threshold = settings.breaker_failure_threshold
+    return [
+        f"# writes are never answered from the cache; {threshold} failures in a row "
+        "(QBO_BREAKER_FAILURE_THRESHOLD) open the realm's circuit:",
+        f"for i in $(seq {threshold}); do curl -s -o /dev/null -w '%{{http_code}} ' {write}; "
+        "done; echo",
+        f"curl -si {write} | grep -i -E 'HTTP/|x-qbo-gateway-error|retry-after'",
         f"curl -s -X DELETE {simulator}/_sim/faults",
+        "# QBO answers again, but the open circuit keeps refusing (503 GW-CIRCUIT-OPEN, code 9503)",
+        f"# until it recovers by itself: after QBO_BREAKER_RECOVERY_SECONDS="
+        f"{settings.breaker_recovery_seconds:g} one request goes through",
+        "# as a probe, and its success closes the circuit. To close it now (admin token):",
+        f"curl -s -X POST {ops}/admin/realms/{realm}/reset-circuit {auth}",
+        f"curl -s {ops}/health/business/{realm} {auth}",
     ]
 
 
 async def run_demo(*, simulator_port: int = 0) -> int:
+    admin_token = os.environ.get("QBO_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     sim = Simulator(client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET)
     pair = sim.add_realm(DEMO_REALM)
     sim_runner = web.AppRunner(sim.make_app(), access_log=None)
@@ -72,7 +114,7 @@ async def run_demo(*, simulator_port: int = 0) -> int:
             authorize_url=f"{sim_url}/connect/oauth2",
             revoke_url=f"{sim_url}/v2/oauth2/tokens/revoke",
             state_dir=_state_dir(),
-            redis_url=None,
+            admin_token=admin_token,
             log_format=os.environ.get("QBO_LOG_FORMAT", "console"),
         )
     except SettingsError as exc:
@@ -101,14 +143,22 @@ async def run_demo(*, simulator_port: int = 0) -> int:
     async def announce() -> None:
         await started.wait()
         print("\nqbo-gateway demo is running (Ctrl-C to stop)", flush=True)
-        print(f"  simulated QBO: {sim_url}   state: {settings.state_dir}\n  try:", flush=True)
-        for line in curl_lines(proxy_url, ops_url, sim_url, DEMO_REALM):
+        print(f"  simulated QBO: {sim_url}", flush=True)
+        print(f"  state: {where_state_lives(settings)}", flush=True)
+        print(f"  admin token: {admin_token}   (QBO_ADMIN_TOKEN, for admin actions)", flush=True)
+        print("  try:", flush=True)
+        lines = curl_lines(proxy_url, ops_url, sim_url, DEMO_REALM)
+        lines += circuit_lines(proxy_url, ops_url, sim_url, DEMO_REALM, settings, admin_token)
+        for line in lines:
             print(f"    {line}", flush=True)
         print(flush=True)
 
     announcer = asyncio.create_task(announce())
     try:
         return await serve(settings, ready_event=started, after_build=seed)
+    except StateUnavailable as exc:
+        print(f"qbo-gateway demo: the state backend is unreachable ({exc})")
+        return 1
     finally:
         announcer.cancel()
         await sim_runner.cleanup()
