@@ -86,7 +86,7 @@ async def build_gateway(
         session=core.session,
     )
     readiness = Readiness()
-    proxy_listener, ops_listener = _applications(core, path.proxy, readiness, tokens, flow, health)
+    proxy_listener, ops_listener = _applications(core, path, readiness, tokens, flow, health)
     gateway = Gateway(
         settings=settings,
         clock=clock,
@@ -250,20 +250,20 @@ def _request_path(
 
 def _applications(
     core: _Core,
-    proxy: Proxy,
+    path: _RequestPath,
     readiness: Readiness,
     tokens: TokenManager,
     flow: ConnectFlow,
     health: Health,
 ) -> tuple[web.Application, web.Application]:
     settings, metrics = core.settings, core.metrics
-    proxy_listener = proxy_app(settings, proxy)
+    proxy_listener = proxy_app(settings, path.proxy)
     ops_listener = ops_app(
         settings,
         readiness=readiness,
         metrics=metrics,
         tokens=tokens,
-        admitter=admitter,
+        admitter=path.admitter,
         flow=flow,
         health=health,
         clock=core.clock,

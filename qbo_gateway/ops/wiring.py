@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.clock import Clock
 from qbo_gateway.edge.answers import ops_edge
 from qbo_gateway.health.wiring import Health
@@ -25,6 +26,7 @@ def ops_app(
     readiness: Readiness,
     metrics: Metrics,
     tokens: TokenManager,
+    admitter: Admitter,
     flow: ConnectFlow,
     health: Health,
     clock: Clock,
@@ -54,6 +56,7 @@ def ops_app(
     app.add_routes(connect_routes(flow, guard=admin_guard))
     realms = RealmsApi(
         tokens=tokens,
+        admitter=admitter,
         flow=flow,
         return_urls=ReturnUrls(settings.connect_return_url_list),
         clock=clock,
