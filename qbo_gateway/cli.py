@@ -51,6 +51,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         realm_id=args.realm,
         print_tokens=args.print_tokens,
         env_file=args.env_file,
+        url=args.url,
     )
     return 0
 
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--print-tokens", action="store_true", help="print the seeded tokens")
     sim.add_argument(
         "--env-file", default=None, help="write the settings a serve needs here (0600)"
+    )
+    sim.add_argument(
+        "--url", default=None, help="the URL gateways reach it at (default http://HOST:PORT)"
     )
     sim.set_defaults(func=cmd_simulator)
 

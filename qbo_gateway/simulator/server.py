@@ -33,13 +33,14 @@ def run(
     realm_id: str | None = None,
     print_tokens: bool = False,
     env_file: str | None = None,
+    url: str | None = None,
     client_id: str = SIM_CLIENT_ID,
     client_secret: str = SIM_CLIENT_SECRET,
 ) -> None:
     """Serve a simulator with one seeded realm until SIGINT/SIGTERM (blocking)."""
     sim = Simulator(client_id=client_id, client_secret=client_secret)
     pair = sim.add_realm(realm_id or DEFAULT_REALM_ID)
-    out = _Output(realm_id or DEFAULT_REALM_ID, pair, print_tokens, env_file)
+    out = _Output(realm_id or DEFAULT_REALM_ID, pair, print_tokens, env_file, url)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(sim, host, port, out))
 
@@ -58,14 +59,21 @@ def serve_settings(base: str, client_id: str, client_secret: str) -> list[tuple[
 
 class _Output:
     def __init__(
-        self, realm_id: str, pair: TokenPair, print_tokens: bool, env_file: str | None
+        self,
+        realm_id: str,
+        pair: TokenPair,
+        print_tokens: bool,
+        env_file: str | None,
+        url: str | None,
     ) -> None:
         self.realm_id, self.pair = realm_id, pair
-        self.print_tokens, self.env_file = print_tokens, env_file
+        self.print_tokens, self.env_file, self.url = print_tokens, env_file, url
 
     def announce(self, sim: Simulator, host: str, bound: int) -> None:
-        base = f"http://{host}:{bound}"
-        print(f"# qbo simulator listening on {base} realm={self.realm_id}", flush=True)
+        listening = f"http://{host}:{bound}"
+        # In a container the gateways reach it by another name than the one it binds.
+        base = (self.url or listening).rstrip("/")
+        print(f"# qbo simulator listening on {listening} realm={self.realm_id}", flush=True)
         if self.print_tokens:
             print(json.dumps({"realm_id": self.realm_id, **asdict(self.pair)}), flush=True)
         lines = serve_settings(base, sim.client_id, sim.client_secret)
