@@ -43,11 +43,6 @@ def limit_problems(s: Settings) -> list[str]:
             f"QBO_RATE_LIMIT_PER_MINUTE={s.rate_limit_per_minute}",
         ),
         (
-            s.batch_limit_per_minute > s.rate_limit_per_minute,
-            f"QBO_BATCH_LIMIT_PER_MINUTE={s.batch_limit_per_minute} is above "
-            f"QBO_RATE_LIMIT_PER_MINUTE={s.rate_limit_per_minute} (a batch is a request too)",
-        ),
-        (
             s.breaker_recovery_seconds > s.breaker_max_recovery_seconds,
             f"QBO_BREAKER_RECOVERY_SECONDS={s.breaker_recovery_seconds:g} is above "
             f"QBO_BREAKER_MAX_RECOVERY_SECONDS={s.breaker_max_recovery_seconds:g}",

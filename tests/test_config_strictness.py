@@ -33,10 +33,6 @@ pytestmark = pytest.mark.slow
             "QBO_RATE_LIMIT_PER_SECOND=20 is above QBO_RATE_LIMIT_PER_MINUTE=15",
         ),
         (
-            {"QBO_BATCH_LIMIT_PER_MINUTE": "600"},
-            "QBO_BATCH_LIMIT_PER_MINUTE=600 is above QBO_RATE_LIMIT_PER_MINUTE=500",
-        ),
-        (
             {"QBO_BREAKER_RECOVERY_SECONDS": "4000"},
             "QBO_BREAKER_RECOVERY_SECONDS=4000 is above QBO_BREAKER_MAX_RECOVERY_SECONDS=1800",
         ),

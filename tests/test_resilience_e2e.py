@@ -370,7 +370,9 @@ async def skewed_replicas(
             redis_url=redis_server.url,
             token_keys=KEYS,
             replica_count=3,
-            rate_limit_per_second=100,
+            # The minute's budget is the limit under test; the per-second one may not be
+            # below it (settings refuse a per-second limit above the per-minute one).
+            rate_limit_per_second=20,
             rate_limit_per_minute=20,
             breaker_failure_threshold=5,
             breaker_recovery_seconds=300,
