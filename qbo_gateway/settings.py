@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qbo_gateway.economy.freshness import parse_entity_fresh
 from qbo_gateway.settings_rules import limit_problems, unknown_variables
 from qbo_gateway.state.topology import RedisTopology, check_topology, parse_sentinels
 
@@ -164,6 +165,10 @@ class Settings(BaseSettings):
     cache_stale_seconds: float = Field(86400.0, ge=0)
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     cache_max_entry_bytes: int = Field(1024 * 1024, ge=0)
+    # per entity, over the defaults for rarely-changing data: "account=3600,term=86400"
+    cache_entity_fresh_seconds: str = ""
+    # a create's or update's answer serves its entity's reads this long (0: off)
+    cache_write_through_seconds: float = Field(300.0, ge=0)
 
     # read economy (metered CorePlus reads)
     coreplus_monthly_limit: int = Field(500_000, ge=1)
@@ -239,6 +244,12 @@ class Settings(BaseSettings):
     def _ca_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @field_validator("cache_entity_fresh_seconds")
+    @classmethod
+    def _entity_fresh(cls, value: str) -> str:
+        parse_entity_fresh(value)
         return value
 
     @field_validator("coreplus_timezone")

@@ -44,6 +44,7 @@ async def make(
             overrides.update(redis_url=redis_server.url, token_keys=KEYS)
         # Counting only: the guard (tested on its own) would answer reads past the cap.
         overrides.setdefault("coreplus_guard", "off")
+        overrides.setdefault("cache_write_through_seconds", 0)
         rig = await start_rig(aiohttp_server, tmp_path, redis_prefix, **overrides)
         made.append(rig)
         return rig

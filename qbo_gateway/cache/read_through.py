@@ -33,6 +33,8 @@ from qbo_gateway.cache.policy import (
 )
 from qbo_gateway.cache.records import CachedEntry
 from qbo_gateway.cache.response_cache import ResponseCache
+from qbo_gateway.cache.write_through import write_through
+from qbo_gateway.economy.freshness import EntityFreshness
 from qbo_gateway.faults import FaultClass, GatewayError
 from qbo_gateway.proxy.access_log import RequestRecord
 from qbo_gateway.proxy.exchange import Exchange, QboRequest
@@ -74,6 +76,7 @@ class _Slot:
     epoch: int | None
     fwd: str
     looked_up: bool = True  # False: `entry` was not read (looked up only if QBO fails)
+    fresh_for: float | None = None  # the read's own freshness (by entity)
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,18 @@ class ReadThrough:
     """The read cache around `qbo.call`; one per gateway."""
 
     def __init__(
-        self, cache: ResponseCache, qbo: QboCall, guard: BudgetGuard | None = None
+        self,
+        cache: ResponseCache,
+        qbo: QboCall,
+        guard: BudgetGuard | None = None,
+        freshness: EntityFreshness | None = None,
     ) -> None:
         self.cache = cache
         self._qbo = qbo
         self._guard: BudgetGuard = guard or _NoGuard()
+        self._fresh = freshness or EntityFreshness(
+            {}, default=cache.fresh_seconds, write_through=0.0
+        )
         # Concurrent fresh misses of one key share one upstream call, fully buffered.
         self._flights: SingleFlight[CacheKey, _Buffered] = SingleFlight("cache-read")
 
@@ -113,8 +123,15 @@ class ReadThrough:
         self._guard.check(background=req.background)
         if not self.cache.enabled:
             return await self._bypass(req, rec)
-        if self.cache.fresh_seconds > 0:
-            return await self._fresh_read(req, key, cache_control, rec)
+        target = req.target
+        fresh_for = self._fresh.fresh_for(target.rest, target.query, req.body)
+        if fresh_for > 0:
+            return await self._fresh_read(req, key, cache_control, rec, fresh_for)
+        if self._fresh.may_be_kept(target.rest) and allows_fresh(cache_control):
+            # A write's answer may stand for this read: the one lookup before QBO.
+            kept = (await self.cache.lookup(key)).entry
+            if kept is not None and self.cache.fresh(kept):
+                return self._hit(kept, rec)
         # Nothing stored can answer before QBO is asked (no freshness), so the entry is only
         # looked up if QBO fails: no cache round trip on the way to a success.
         slot = _Slot(key, None, cache_control, None, "miss", looked_up=False)
@@ -144,9 +161,12 @@ class ReadThrough:
     async def _bypass(self, req: QboRequest, rec: RequestRecord) -> Answer:
         rec.cache_status = cache_status_for_upstream(stored=False, cacheable=False)
         exchange = await self._qbo.call(req, rec)
+        keep = None
         if not req.read and 200 <= exchange.response.status < 300:
-            await self.cache.end_freshness(req.target.realm_id)
-        return Relay(exchange)
+            epoch = await self.cache.end_freshness(req.target.realm_id)
+            if epoch is not None and self._fresh.write_through > 0:
+                keep = write_through(self.cache, self._fresh, req, epoch)
+        return Relay(exchange, keep)
 
     async def _read(self, req: QboRequest, slot: _Slot, rec: RequestRecord) -> Answer:
         """Freshness off: QBO's answer streams back and a copy is stored."""
@@ -166,25 +186,33 @@ class ReadThrough:
         return Relay(exchange, keep)
 
     async def _fresh_read(
-        self, req: QboRequest, key: CacheKey, cache_control: str | None, rec: RequestRecord
+        self,
+        req: QboRequest,
+        key: CacheKey,
+        cache_control: str | None,
+        rec: RequestRecord,
+        fresh_for: float,
     ) -> Answer:
         """Freshness on: a fresh hit, or one buffered call shared by concurrent misses."""
         cache = self.cache
         found = await cache.lookup(key)
         entry = found.entry
         if entry is not None and cache.fresh(entry) and allows_fresh(cache_control):
-            rec.outcome, rec.code = "cache_hit", str(entry.status)
-            hit = cache.hit_response(entry)
-            rec.cache_status = hit.headers["Cache-Status"]
-            return hit
+            return self._hit(entry, rec)
         fwd = cache.forward_reason(entry, cache_control)
-        slot = _Slot(key, entry, cache_control, found.epoch, fwd)
+        slot = _Slot(key, entry, cache_control, found.epoch, fwd, fresh_for=fresh_for)
         rec.cache_status = cache_status_for_upstream(stored=False, cacheable=True, fwd=fwd)
         try:
             result = await self._flights.run(key, lambda: self._buffered(req, slot))
         except GatewayError as err:
             return await self._stale_or_raise(slot, err, rec)
         return await self._from_buffered(result, slot, rec)
+
+    def _hit(self, entry: CachedEntry, rec: RequestRecord) -> web.Response:
+        rec.outcome, rec.code = "cache_hit", str(entry.status)
+        hit = self.cache.hit_response(entry)
+        rec.cache_status = hit.headers["Cache-Status"]
+        return hit
 
     async def _buffered(self, req: QboRequest, slot: _Slot) -> _Buffered:
         rec = RequestRecord(request_id="flight", method=req.method)
@@ -255,4 +283,5 @@ class ReadThrough:
             body,
             request_cache_control=slot.cache_control,
             epoch=slot.epoch,
+            fresh_for=slot.fresh_for,
         )

@@ -37,6 +37,7 @@ class CachedEntry:
     stored_at: float
     fresh_epoch: int
     realm_epoch: int = 0
+    fresh_for: float | None = None  # its own freshness (per entity); None: the cache's
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.stored_at)
@@ -50,6 +51,8 @@ class CachedEntry:
             "t": self.stored_at,
             "e": self.fresh_epoch,
         }
+        if self.fresh_for is not None:
+            meta["f"] = self.fresh_for
         return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + self.body
 
     @classmethod
@@ -66,6 +69,7 @@ class CachedEntry:
                 body=body,
                 stored_at=float(meta["t"]),
                 fresh_epoch=int(meta["e"]),
+                fresh_for=None if meta.get("f") is None else float(meta["f"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptEntry(str(exc)) from exc

@@ -102,11 +102,16 @@ class ResponseCache:
         self._event("hit" if entry is not None else "miss")
         return CacheLookup(entry, epoch)
 
+    def freshness(self, entry: CachedEntry) -> float:
+        """How long the entry stays fresh: its own (per entity, write-through) or the cache's."""
+        return self.fresh_seconds if entry.fresh_for is None else entry.fresh_for
+
     def fresh(self, entry: CachedEntry) -> bool:
         """Young enough to serve without asking QBO, and no write to the realm since."""
+        fresh_for = self.freshness(entry)
         return (
-            self.fresh_seconds > 0
-            and entry.age(self._clock.now()) < self.fresh_seconds
+            fresh_for > 0
+            and entry.age(self._clock.now()) < fresh_for
             and entry.fresh_epoch == entry.realm_epoch
         )
 
@@ -132,6 +137,7 @@ class ResponseCache:
         *,
         request_cache_control: str | None,
         epoch: int | None = None,
+        fresh_for: float | None = None,
     ) -> bool:
         """Store a read's answer if storable; True when stored. Never fails.
 
@@ -149,7 +155,7 @@ class ResponseCache:
         landed = asyncio.get_running_loop().create_future()
         self._landing[key] = landed
         try:
-            stored = await self._put(key, status, headers, body, epoch)
+            stored = await self._put(key, status, headers, body, epoch, fresh_for)
         finally:
             if self._landing.get(key) is landed:
                 del self._landing[key]
@@ -164,9 +170,10 @@ class ResponseCache:
         headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes,
         epoch: int | None,
+        fresh_for: float | None,
     ) -> bool:
         try:
-            if epoch is None and self.fresh_seconds <= 0:
+            if epoch is None and self.fresh_seconds <= 0 and not fresh_for:
                 # Without freshness nothing is ever served young, so no epoch is read (one
                 # Redis round trip less per read); -1 matches no realm epoch, so even a
                 # replica configured with freshness never takes this entry as fresh.
@@ -180,33 +187,38 @@ class ResponseCache:
                 body=body,
                 stored_at=self._clock.now(),
                 fresh_epoch=epoch,
+                fresh_for=fresh_for,
             )
-            ttl = max(self.fresh_seconds, self.stale_seconds)
+            ttl = max(self.fresh_seconds, self.stale_seconds, fresh_for or 0.0)
             stored = await self.backend.put(key.realm_id, key.digest, entry, ttl=ttl)
         except StateUnavailable as exc:
             log.debug("cache_store_failed", **failure(exc))
             return False
         return stored
 
-    async def end_freshness(self, realm_id: str) -> None:
-        """After a successful write: the realm's stored reads stay servable only as stale."""
+    async def end_freshness(self, realm_id: str) -> int | None:
+        """After a successful write: the realm's stored reads stay servable only as stale.
+
+        The realm's new epoch (under which the write's own answer may be kept), or None.
+        """
         # Also while freshness is off: a replica (or a restart) with it on must not find
         # reads stored before this write still fresh.
         if not self.enabled:
-            return
+            return None
         try:
-            await self.backend.end_freshness(realm_id)
+            return await self.backend.end_freshness(realm_id)
         except StateUnavailable as exc:
             # Without the shared epoch, replicas may serve a pre-write read as fresh for at
             # most fresh_seconds; the write itself has succeeded and must not fail.
             log.warning("cache_end_freshness_failed", realm_id=realm_id, **failure(exc))
+            return None
 
     # --- answers from the cache ---------------------------------------------------------
 
     def hit_response(self, entry: CachedEntry) -> web.Response:
         """A fresh entry served without asking QBO."""
         age = entry.age(self._clock.now())
-        ttl = max(0, math.floor(self.fresh_seconds - age))
+        ttl = max(0, math.floor(self.freshness(entry) - age))
         headers = self._entry_headers(entry, age)
         headers["Cache-Status"] = f"{CACHE_NAME}; hit; ttl={ttl}"
         return web.Response(status=entry.status, body=entry.body, headers=headers)
@@ -234,7 +246,7 @@ class ResponseCache:
     def budget_response(self, entry: CachedEntry) -> web.Response:
         """A stored read served beyond its freshness to save a metered (CorePlus) call."""
         age = entry.age(self._clock.now())
-        ttl = math.floor(self.fresh_seconds - age)
+        ttl = math.floor(self.freshness(entry) - age)
         headers = self._entry_headers(entry, age)
         headers["Cache-Status"] = f"{CACHE_NAME}; hit; ttl={ttl}; detail={READ_BUDGET}"
         self._metrics.stale_served.labels(reason=READ_BUDGET).inc()

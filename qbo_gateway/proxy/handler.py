@@ -21,6 +21,7 @@ from qbo_gateway.admission.retry import RetryPolicy
 from qbo_gateway.cache.read_through import BudgetGuard, ReadThrough
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock
+from qbo_gateway.economy.freshness import EntityFreshness
 from qbo_gateway.faults import (
     CircuitOpen,
     GatewayError,
@@ -67,6 +68,7 @@ class Proxy:
         observer: Observer | None = None,
         meter: CallMeter | None = None,
         guard: BudgetGuard | None = None,
+        freshness: EntityFreshness | None = None,
     ) -> None:
         self.callers = callers
         self.clock = clock
@@ -82,7 +84,7 @@ class Proxy:
             retry=retry,
             meter=meter,
         )
-        self.reads = ReadThrough(cache, self.caller, guard)
+        self.reads = ReadThrough(cache, self.caller, guard, freshness)
         self.access = AccessLog(metrics=metrics, observer=self.observer)
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout

@@ -11,6 +11,7 @@ from qbo_gateway.cache.read_through import BudgetGuard
 from qbo_gateway.cache.records import CacheBackend
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock
+from qbo_gateway.economy.freshness import DEFAULT_ENTITY_FRESH, EntityFreshness, parse_entity_fresh
 from qbo_gateway.edge.answers import proxy_edge
 from qbo_gateway.log_foreign import set_caller_key_hashes
 from qbo_gateway.metrics import Metrics
@@ -78,6 +79,11 @@ def build_proxy(
     meter: CallMeter | None = None,
     guard: BudgetGuard | None = None,
 ) -> Proxy:
+    freshness = EntityFreshness(
+        {**DEFAULT_ENTITY_FRESH, **parse_entity_fresh(settings.cache_entity_fresh_seconds)},
+        default=settings.cache_fresh_seconds,
+        write_through=settings.cache_write_through_seconds,
+    )
     return Proxy(
         api_base=settings.api_base,
         minor_version=settings.minor_version,
@@ -92,6 +98,7 @@ def build_proxy(
         cache=cache,
         meter=meter,
         guard=guard,
+        freshness=freshness,
         max_body_bytes=settings.max_body_bytes,
         request_timeout=settings.request_timeout_seconds,
     )

@@ -73,9 +73,42 @@ def seed_realm(realm_id: str, clock: Callable[[], float]) -> Realm:
             "sparse": False,
             "MetaData": {"CreateTime": stamp, "LastUpdatedTime": stamp},
         }
-    realm.entities = {"Customer": customers, "Invoice": invoices}
+    realm.entities = {"Customer": customers, "Invoice": invoices, **_reference_data(stamp)}
     realm.next_id = {"Customer": SEED_COUNT + 1, "Invoice": SEED_COUNT + 1}
     return realm
+
+
+def _reference_data(stamp: str) -> dict[str, dict[str, JSONDict]]:
+    """A few rarely-changing lists (chart of accounts, payment terms) to look up."""
+    meta = {"CreateTime": stamp, "LastUpdatedTime": stamp}
+    accounts = {
+        str(n): {
+            "Id": str(n),
+            "SyncToken": "0",
+            "Name": name,
+            "AccountType": kind,
+            "MetaData": meta,
+        }
+        for n, (name, kind) in enumerate(
+            [
+                ("Checking", "Bank"),
+                ("Accounts Receivable", "Accounts Receivable"),
+                ("Services", "Income"),
+            ],
+            start=1,
+        )
+    }
+    terms = {
+        str(n): {
+            "Id": str(n),
+            "SyncToken": "0",
+            "Name": f"Net {days}",
+            "DueDays": days,
+            "MetaData": meta,
+        }
+        for n, days in enumerate([15, 30], start=1)
+    }
+    return {"Account": accounts, "Term": terms}
 
 
 def company(realm_id: str) -> JSONDict:
