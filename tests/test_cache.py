@@ -223,7 +223,7 @@ async def test_one_realms_read_is_never_served_for_another(make: MakeRig) -> Non
 
 
 async def test_writes_are_never_answered_from_the_cache(make: MakeRig) -> None:
-    rig = await make()
+    rig = await make(cache_write_through_seconds=0)  # write-through: test_economy_spend
     status, headers, _b = await rig.post("customer", b'{"DisplayName":"A"}')
     assert status == 200
     assert headers["Cache-Status"] == "qbo-gateway; fwd=bypass"
