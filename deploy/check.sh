@@ -19,6 +19,8 @@ K8S_VERSIONS=${K8S_VERSIONS:-"1.29.0 1.33.0"}
 KUSTOMIZATIONS=(
     deploy/kubernetes/overlays/example-app
     deploy/kubernetes/overlays/example-app-redis
+    deploy/kubernetes/overlays/example-app-sentinel
+    deploy/kubernetes/overlays/example-app-cluster-tls
     deploy/grafana
     deploy/prometheus
 )

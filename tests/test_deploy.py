@@ -27,7 +27,7 @@ from qbo_gateway.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
-OVERLAYS = ("example-app", "example-app-redis")
+OVERLAYS = ("example-app", "example-app-redis", "example-app-sentinel", "example-app-cluster-tls")
 
 
 def _load(name: str) -> ModuleType:
