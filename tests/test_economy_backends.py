@@ -18,16 +18,15 @@ from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import make_redis
 from tests.redis_server import RedisServer, free_port
+from tests.redis_topologies import REDIS_TARGETS, redis_target
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(
-    request: pytest.FixtureRequest, redis_server: RedisServer, redis_prefix: str
-) -> AsyncIterator[MeterBackend]:
+@pytest.fixture(params=["memory", *REDIS_TARGETS])
+async def backend(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[MeterBackend]:
     if request.param == "memory":
         yield MemoryMeterBackend()
         return
-    client = make_redis(redis_server.url)
+    client = redis_target(request, request.param).client()
     yield RedisMeterBackend(client, RedisKeys(redis_prefix))
     await client.aclose()
 
