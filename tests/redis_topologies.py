@@ -125,6 +125,13 @@ class RedisClusterSet:
                 return next(n for n in self.nodes if n.port == port)
         raise RuntimeError(f"no node serves slot {slot}")
 
+    def replica_of(self, key: str) -> RedisServer:
+        """A replica of the node serving `key`."""
+        master = self.master_of(key)
+        info = sync_redis.Redis(port=master.port, socket_timeout=1).info("replication")
+        port = int(info["slave0"]["port"])
+        return next(n for n in self.nodes if n.port == port)
+
     def wait_promoted(self, key: str, dead: RedisServer) -> RedisServer:
         """Block until another node serves `key` and the cluster says ok again."""
         _wait("a replica promoted", lambda: self.master_of(key) is not dead)
