@@ -172,8 +172,16 @@ async def test_half_open_lets_exactly_one_probe_through(factory: Any) -> None:
     assert isinstance(c.clock, ManualClock)
     c.clock.advance(61)
     before = len(c.sim.api_requests)
-    c.sim.latency = 0.2  # keep the probe in flight while the others arrive
-    results = await asyncio.gather(*(c.get(COMPANY) for _ in range(20)))
+    # The probe is held at QBO until the others have had their answer: on a loaded machine
+    # they must not arrive after it closed the circuit.
+    c.sim.latency = 1.0
+    probe = asyncio.create_task(c.get(COMPANY))
+    for _ in range(500):
+        if c.sim.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert c.sim.in_flight == 1
+    results = [*await asyncio.gather(*(c.get(COMPANY) for _ in range(19))), await probe]
     c.sim.latency = 0.0
     statuses = sorted(r[0] for r in results)
     assert len(c.sim.api_requests) - before == 1
