@@ -143,21 +143,33 @@ class RedisClusterSet:
             node.cleanup()
 
 
+def _answers(proc: subprocess.Popen[bytes], port: int) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"redis-server exited (port {port} taken?)")
+    return bool(sync_redis.Redis(port=port, socket_timeout=0.5).ping())
+
+
 class SentinelSet:
     MASTER = "mymaster"
 
     def __init__(self) -> None:
         self.master = RedisServer()
         self.replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(self.master.port)])
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinel_ports: list[int] = []
         self.sentinels: list[subprocess.Popen[bytes]] = []
         self.dir = self.master.dir
 
     def start(self) -> None:
         self.master.start()
         self.replica.start()
+        self.sentinel_ports = [self._start_sentinel() for _ in range(3)]
+        _wait("sentinels that know each other and the replica", self._ready)
+
+    def _start_sentinel(self) -> int:
+        """Start one sentinel on a free port; another port if that one was taken meanwhile."""
         exe = shutil.which("redis-server") or "redis-server"
-        for port in self.sentinel_ports:
+        for _ in range(5):
+            port = free_port()
             conf = self.dir / f"sentinel-{port}.conf"
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
@@ -166,14 +178,20 @@ class SentinelSet:
                 f"sentinel failover-timeout {self.MASTER} 5000\n"
                 f"sentinel parallel-syncs {self.MASTER} 1\n"
             )
-            self.sentinels.append(
-                subprocess.Popen(
-                    [exe, str(conf), "--sentinel", "--logfile", str(self.dir / f"s{port}.log")],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+            proc = subprocess.Popen(
+                [exe, str(conf), "--sentinel", "--logfile", str(self.dir / f"s{port}.log")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-        _wait("sentinels that know each other and the replica", self._ready)
+            self.sentinels.append(proc)
+            try:
+                _wait(f"sentinel on {port}", lambda p=proc, n=port: _answers(p, n), timeout=10)
+                return port
+            except RuntimeError:
+                proc.kill()
+                proc.wait(timeout=10)
+                self.sentinels.remove(proc)
+        raise RuntimeError("no sentinel could start")
 
     def _ready(self) -> bool:
         for port in self.sentinel_ports:
