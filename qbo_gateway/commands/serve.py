@@ -42,34 +42,11 @@ async def serve(
     gw = await build_gateway(settings)
     if after_build is not None:
         await after_build(gw)
-    durable, why = await store_durability(gw)
-    if not durable:
-        log.critical("token_store_not_durable", detail=why)
-    proxy_runner = EdgeRunner(
-        gw.proxy_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
-    )
-    ops_runner = EdgeRunner(gw.ops_app, access_log=None, shutdown_timeout=2.0)
-    await proxy_runner.setup()
-    await ops_runner.setup()
-    proxy_site = web.TCPSite(proxy_runner, settings.proxy_host, settings.proxy_port)
-    ops_site = web.TCPSite(ops_runner, settings.ops_host, settings.ops_port)
-    try:
-        await proxy_site.start()
-        await ops_site.start()
-    except OSError as exc:
-        log.critical("listen_failed", **failure(exc))
-        await proxy_runner.cleanup()
-        await ops_runner.cleanup()
-        await gw.close()
+    await _warn_at_start(gw)
+    runners = await _listen(gw)
+    if runners is None:
         return 2
-
-    async def listeners_check() -> ComponentState:
-        return ComponentState(True, f"proxy {settings.proxy_host}:{settings.proxy_port}")
-
-    gw.readiness.add("listeners", listeners_check)
-    exposed = open_health_warning(settings)
-    if exposed:
-        log.warning("health_routes_open", detail=exposed, fix="set QBO_OPS_READ_TOKEN")
+    proxy_runner, ops_runner = runners
     await gw.start_background()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,3 +70,39 @@ async def serve(
     await ops_runner.cleanup()
     log.info("stopped")
     return 0
+
+
+async def _warn_at_start(gw: Gateway) -> None:
+    """What an operator must hear once: a token store that may lose a write, open health."""
+    durable, why = await store_durability(gw)
+    if not durable:
+        log.critical("token_store_not_durable", detail=why)
+    exposed = open_health_warning(gw.settings)
+    if exposed:
+        log.warning("health_routes_open", detail=exposed, fix="set QBO_OPS_READ_TOKEN")
+
+
+async def _listen(gw: Gateway) -> tuple[EdgeRunner, EdgeRunner] | None:
+    """Both listeners bound, or None (everything closed again) when a port is taken."""
+    settings = gw.settings
+    proxy_runner = EdgeRunner(
+        gw.proxy_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
+    )
+    ops_runner = EdgeRunner(gw.ops_app, access_log=None, shutdown_timeout=2.0)
+    await proxy_runner.setup()
+    await ops_runner.setup()
+    try:
+        await web.TCPSite(proxy_runner, settings.proxy_host, settings.proxy_port).start()
+        await web.TCPSite(ops_runner, settings.ops_host, settings.ops_port).start()
+    except OSError as exc:
+        log.critical("listen_failed", **failure(exc))
+        await proxy_runner.cleanup()
+        await ops_runner.cleanup()
+        await gw.close()
+        return None
+
+    async def listeners_check() -> ComponentState:
+        return ComponentState(True, f"proxy {settings.proxy_host}:{settings.proxy_port}")
+
+    gw.readiness.add("listeners", listeners_check)
+    return proxy_runner, ops_runner

@@ -35,8 +35,7 @@ from qbo_gateway.oauth.return_to import Outcome, with_outcome
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
-from qbo_gateway.tokens.manager import TokenManager
-from qbo_gateway.tokens.records import TokenRecord
+from qbo_gateway.tokens.records import TokenRecord, TokenStatus
 
 log = structlog.get_logger(__name__)
 
@@ -122,10 +121,29 @@ class RedisOAuthStates:
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
 
 
+class RealmTokens(Protocol):
+    """What the flow needs of the token manager: whether a realm is live, and storing the
+    first pair of a connected realm."""
+
+    async def status(self, realm_id: str) -> TokenStatus | None: ...
+
+    async def import_tokens(
+        self,
+        realm_id: str,
+        refresh_token: str,
+        access_token: str | None = None,
+        access_expires_at: float | None = None,
+        *,
+        force: bool = False,
+        refresh_expires_at: float | None = None,
+        refresh_hard_expires_at: float | None = None,
+    ) -> TokenRecord: ...
+
+
 @dataclass
 class ConnectFlow:
     oauth: OAuthClient
-    tokens: TokenManager
+    tokens: RealmTokens
     states: OAuthStates
     redirect_uri: str
     company: CompanyCheck
