@@ -33,6 +33,7 @@ from qbo_gateway.economy.records import (
     month_of,
 )
 from qbo_gateway.health.store_memory import Severity
+from qbo_gateway.logs import failure
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.workers import DrainWorker
@@ -222,7 +223,7 @@ class Meter:
 
 
 def _failed(exc: Exception) -> None:
-    log.warning("meter_batch_failed", error=type(exc).__name__)
+    log.warning("meter_batch_failed", **failure(exc))
 
 
 __all__ = ["Meter", "MeterOptions", "MonthSpan"]
