@@ -71,14 +71,15 @@ class Gateway:
             )
         )
 
-    async def close(self) -> None:
+    async def close(self, drain_timeout: float | None = None) -> None:
         for task in self.background:
             task.cancel()
         for task in self.background:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # A refresh in flight is never cut off: its new pair must be stored first.
-        await self.tokens.drain()
+        # A refresh in flight gets the shutdown budget to store its pair; what the store
+        # has not taken by then is in the spill file.
+        await self.tokens.drain(drain_timeout)
         await self.admitter.drain()
         await self.meter.close()
         await self.health.close()

@@ -199,3 +199,19 @@ async def test_a_spilled_pair_survives_a_restart_of_the_gateway(rig: Rig) -> Non
     assert stored is not None and stored.refresh_token == live
     assert await rig.get() == 200
     assert rig.sim.invalid_grants == 0
+
+
+async def test_the_refresh_lock_lapses_within_one_token_call_of_its_holder(rig: Rig) -> None:
+    gw = await rig.start(seed=True)
+    rig.clock.advance(3600 - 600 + 6)
+    rig.sim.token_hold = asyncio.Event()
+    request = asyncio.create_task(rig.get())
+    await until(lambda: rig.sim.token_calls == 1, "the token call")
+    lock = f"{rig.prefix}:{{qbo:{REALM}}}:lock:token"
+    ttl = redis_client(rig.redis).pttl(lock)
+    timeout = gw.settings.token_timeout_seconds
+    # A holder killed now frees the realm after one token call and a little, not minutes.
+    assert timeout * 1000 < ttl <= (timeout + 5) * 1000
+    rig.sim.token_hold.set()
+    assert await request == 200
+    assert redis_client(rig.redis).exists(lock) == 0  # released by its holder

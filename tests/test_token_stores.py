@@ -308,3 +308,14 @@ async def test_lock_lapses_after_lease(locks_and_clock: tuple[Locks, ManualClock
     # the lapsed owner cannot free the new holder's lock
     assert await locks.release("token:1001", "a") is False
     assert await locks.acquire("token:1001", "c", 30) is False
+
+
+async def test_only_the_owner_extends_a_lease(
+    locks_and_clock: tuple[Locks, ManualClock | None],
+) -> None:
+    locks, _ = locks_and_clock
+    assert await locks.acquire("token:1001", "a", 30) is True
+    assert await locks.extend("token:1001", "b", 30) is False  # not the owner
+    assert await locks.extend("token:1001", "a", 60) is True
+    assert await locks.release("token:1001", "a") is True
+    assert await locks.extend("token:1001", "a", 60) is False  # released: nothing to renew

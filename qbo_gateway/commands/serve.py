@@ -61,12 +61,15 @@ async def serve(
     if ready_event is not None:
         ready_event.set()
     await stop.wait()
+    stopped_at = loop.time()
     log.info("draining", timeout_seconds=settings.shutdown_timeout_seconds)
     gw.readiness.draining = True
     # Closing the proxy runner stops new connections and waits (bounded) for in-flight
     # requests; the ops listener stays up meanwhile so probes see 503.
     await proxy_runner.cleanup()
-    await gw.close()
+    # Token writes get what is left of the shutdown budget (at least a second).
+    left = max(1.0, settings.shutdown_timeout_seconds - (loop.time() - stopped_at))
+    await gw.close(drain_timeout=left)
     await ops_runner.cleanup()
     log.info("stopped")
     return 0

@@ -23,6 +23,7 @@ from qbo_gateway.metrics import Metrics
 from qbo_gateway.single_flight import SingleFlight
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.locks import Locks
+from qbo_gateway.tokens.lease import Lease, LeaseLost
 from qbo_gateway.tokens.local_copy import TokenMemory
 from qbo_gateway.tokens.policy import Mode, RefreshPolicy
 from qbo_gateway.tokens.records import TokenRecord
@@ -85,7 +86,7 @@ class RefreshCoordinator:
         return record
 
     async def drain(self) -> None:
-        """Wait for refreshes in flight (they are never cut off)."""
+        """Wait for refreshes in flight (cancelling this wait cancels them)."""
         await self._flights.drain()
 
     async def _flow(self, realm_id: str, mode: Mode, used_token: str | None) -> TokenRecord:
@@ -103,12 +104,17 @@ class RefreshCoordinator:
         self._skip_noted.discard(realm_id)
         if other is not None:
             return other  # another replica refreshed while we waited: use its pair
+        lease = Lease(self._locks, lock, owner, self._lock_lease)
+        lease.keep()
         try:
-            return await self._locked.run(realm_id, mode, used_token)
+            return await self._locked.run(realm_id, mode, used_token, lease.confirm)
         except StateUnavailable as exc:
             self._memory.down(exc)
             return self._no_refresh(realm_id, mode, "the state backend is unreachable")
+        except LeaseLost:
+            return self._no_refresh(realm_id, mode, "the refresh lock lapsed")
         finally:
+            await lease.stop()
             try:
                 await self._locks.release(lock, owner)
             except StateUnavailable:

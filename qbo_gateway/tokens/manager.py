@@ -28,12 +28,13 @@ from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.locks import Locks
 from qbo_gateway.tokens.coordinator import RefreshCoordinator
 from qbo_gateway.tokens.crypto import TokenDecryptError
+from qbo_gateway.tokens.lease import lease_seconds
 from qbo_gateway.tokens.local_copy import TokenMemory
 from qbo_gateway.tokens.outcomes import RefreshOutcomes
 from qbo_gateway.tokens.policy import Mode, RefreshPolicy
 from qbo_gateway.tokens.reconcile import Reconciler
 from qbo_gateway.tokens.records import TokenRecord, TokenStatus, TokenStore
-from qbo_gateway.tokens.refresh import BACKOFF_BASE, TOKEN_ATTEMPTS, LockedRefresh
+from qbo_gateway.tokens.refresh import LockedRefresh
 from qbo_gateway.tokens.refresher import BackgroundRefresher
 from qbo_gateway.tokens.spill import SpillFile
 
@@ -71,15 +72,14 @@ class TokenManager:
         metrics: Metrics,
         observer: Observer,
         margin: float = 900,
-        lock_lease: float = 60,
+        lock_lease: float | None = None,
         token_timeout: float = 15,
         availability: BackendAvailability | None = None,
         spill: SpillFile | None = None,
     ) -> None:
-        # The lease must outlive every attempt of one refresh, or a second replica could
-        # take the lock while the first still holds a live token call.
-        worst = TOKEN_ATTEMPTS * token_timeout + BACKOFF_BASE * 1.5 * (2**TOKEN_ATTEMPTS)
-        lock_lease = max(lock_lease, worst + 10)
+        # About one token call: renewed while the refresh runs, so a holder that died
+        # frees the realm soon (`lease`).
+        lock_lease = lock_lease or lease_seconds(token_timeout)
         self._store = store
         self._oauth = oauth
         self._clock = clock
@@ -290,9 +290,23 @@ class TokenManager:
                     self.reconcile(), name="token-reconcile"
                 )
 
-    async def drain(self) -> None:
-        """Wait for refreshes in flight (they are never cut off)."""
-        await self._coordinator.drain()
-        if self._reconciling is not None:
-            with contextlib.suppress(Exception):
-                await self._reconciling
+    async def drain(self, budget: float | None = None) -> None:
+        """Wait for refreshes and token writes in flight, at most `budget` seconds.
+
+        Past it they are cancelled: a refreshed pair the store has not taken is already
+        in the spill file, and the next start writes it; a token call cut off is a
+        refresh intent the next start checks."""
+        try:
+            async with asyncio.timeout(budget):
+                await self._coordinator.drain()
+                if self._reconciling is not None:
+                    with contextlib.suppress(Exception):
+                        await self._reconciling
+        except TimeoutError:
+            log.error(
+                "token_drain_timed_out",
+                budget_seconds=budget,
+                spilled_realms=self._memory.pending_realms(),
+                note="pairs the store has not taken are in the spill file; the next start "
+                "writes them",
+            )

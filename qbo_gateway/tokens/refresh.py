@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -65,7 +66,13 @@ class LockedRefresh:
         self._policy = policy
         self._token_timeout = token_timeout
 
-    async def run(self, realm_id: str, mode: Mode, used_token: str | None) -> TokenRecord:
+    async def run(
+        self,
+        realm_id: str,
+        mode: Mode,
+        used_token: str | None,
+        confirm: Callable[[], Awaitable[None]] | None = None,
+    ) -> TokenRecord:
         """The realm's refreshed record, or the current one when no refresh is needed."""
         current = await self._memory.read(realm_id)
         if current is None:
@@ -75,7 +82,7 @@ class LockedRefresh:
         if mode is not Mode.FORCE and not self._policy.needs(current, mode, used_token, None):
             return current
         try:
-            grant = await self._call_token_endpoint(realm_id, current)
+            grant = await self._call_token_endpoint(realm_id, current, confirm)
         except InvalidGrant:
             return await self._invalid_grant(realm_id, current)
         except InvalidClient as exc:
@@ -94,8 +101,15 @@ class LockedRefresh:
             return self._policy.fallback(current, mode, str(exc))
         return await self._store_grant(realm_id, current, grant)
 
-    async def _call_token_endpoint(self, realm_id: str, current: TokenRecord) -> TokenGrant:
+    async def _call_token_endpoint(
+        self,
+        realm_id: str,
+        current: TokenRecord,
+        confirm: Callable[[], Awaitable[None]] | None,
+    ) -> TokenGrant:
         for attempt in range(1, TOKEN_ATTEMPTS + 1):
+            if confirm is not None:
+                await confirm()  # the lock outlasts this call, or no call is made
             try:
                 return await asyncio.wait_for(
                     self._oauth.refresh(current.refresh_token), self._token_timeout
