@@ -70,6 +70,11 @@ class Gateway:
                 name="token-refresher",
             )
         )
+        # A refresh the last process left without an answer is checked now, not at the
+        # realm's next refresh hours later.
+        self.background.append(
+            asyncio.create_task(self.tokens.check_unknown_outcomes(), name="token-check")
+        )
 
     async def close(self, drain_timeout: float | None = None) -> None:
         for task in self.background:

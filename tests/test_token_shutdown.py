@@ -170,3 +170,65 @@ async def test_partition_mid_refresh_then_sigterm_keeps_the_pair_in_the_spill_fi
         await gw.kill()
         await relay.close()
         redis.cleanup()
+
+
+async def business(session: aiohttp.ClientSession, gw: Gateway) -> dict[str, Any]:
+    async with session.get(f"{gw.ops}/health/business/{REALM}") as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def settled(session: aiohttp.ClientSession, gw: Gateway) -> dict[str, Any]:
+    """The realm's picture once the start-up check has told its refresh outcome."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        body = await business(session, gw)
+        if body["status"] != "refresh_outcome_unknown":
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError("the refresh outcome stayed unknown")
+
+
+@pytest.mark.parametrize("rotated", [True, False], ids=["intuit-rotated", "answer-never-sent"])
+async def test_kill_9_during_a_slow_token_call(
+    aiohttp_server: Any, tmp_path: Path, session: aiohttp.ClientSession, rotated: bool
+) -> None:
+    sim, sim_server = await start_sim(aiohttp_server)
+    state = tmp_path / "state"
+    gw = Gateway(
+        gateway_env(str(sim_server.make_url("")).rstrip("/"), state, sim), tmp_path / "log"
+    )
+    first_call = sim.token_hold = asyncio.Event()
+    try:
+        await gw.start(session)
+        request = asyncio.create_task(get_company(session, gw))
+        await until(lambda: sim.token_calls == 1, "the slow token call")
+        intent = SpillFile(state / SPILL_FILE_NAME, TokenCipher(KEY)).intent(REALM)
+        assert intent is not None and intent.version == 1  # noted before the call
+        await gw.kill()  # kill -9 while Intuit has not answered
+        with pytest.raises(aiohttp.ClientError):
+            await request
+        if rotated:
+            # Intuit had acted on the call: it rotated, and the new pair reached no one.
+            sim.issue_tokens(REALM)
+        check = sim.token_hold = asyncio.Event()  # hold the start-up check's call
+        await gw.start(session)
+        body = await business(session, gw)
+        assert body["status"] == "refresh_outcome_unknown"
+        assert body["token"]["refresh_outcome_unknown"] is True
+        check.set()
+        body = await settled(session, gw)
+        assert sim.token_calls == 2  # the lost call and the one check
+        if rotated:
+            # The rotated pair died with the process: unavoidable, and now shown at once.
+            assert body["status"] == "needs_reconnect" and sim.invalid_grants == 1
+        else:
+            assert body["status"] == "healthy" and sim.invalid_grants == 0
+            assert await get_company(session, gw) == 200
+        assert SpillFile(state / SPILL_FILE_NAME, TokenCipher(KEY)).intents() == []
+        assert await gw.stop() == 0
+    finally:
+        first_call.set()
+        sim.token_hold = None
+        await gw.kill()

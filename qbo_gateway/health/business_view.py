@@ -48,6 +48,7 @@ def token_json(token: TokenStatus | None) -> dict[str, Any]:
         "refresh_hard_expires_at": iso(token.refresh_hard_expires_at) if token else None,
         "needs_reconnect": bool(token and token.needs_reconnect),
         "refresh_failing": bool(token and token.refresh_failing),
+        "refresh_outcome_unknown": bool(token and token.refresh_outcome_unknown),
         "last_refresh_at": iso(token.last_refresh_at) if token else None,
         "last_refresh_error": token.last_refresh_error if token else None,
     }

@@ -12,8 +12,14 @@ from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.metrics import Metrics
 
-STATUSES = ("healthy", "degraded", "unhealthy", "needs_reconnect")
-STATUS_RANK = {"needs_reconnect": 0, "unhealthy": 1, "degraded": 2, "healthy": 3}
+STATUSES = ("healthy", "degraded", "unhealthy", "needs_reconnect", "refresh_outcome_unknown")
+STATUS_RANK = {
+    "needs_reconnect": 0,
+    "unhealthy": 1,
+    "refresh_outcome_unknown": 2,
+    "degraded": 3,
+    "healthy": 4,
+}
 
 
 def realm_status(table: RealmTable, alerts: AlertManager, realm_id: str, now: float) -> str:
@@ -22,6 +28,8 @@ def realm_status(table: RealmTable, alerts: AlertManager, realm_id: str, now: fl
     stats = table.stats.get(realm_id)
     if (token is not None and token.needs_reconnect) or "reconnect_required" in active:
         return "needs_reconnect"
+    if token is not None and token.refresh_outcome_unknown:
+        return "refresh_outcome_unknown"  # never "healthy" until a check says
     if "circuit_open" in active or (stats is not None and stats.breaker is BreakerState.OPEN):
         return "unhealthy"
     failures = active.get("consecutive_failures")
@@ -65,7 +73,9 @@ def status_counts(
 def _plainly_healthy(table: RealmTable, realm_id: str, now: float) -> bool:
     token = table.tokens.get(realm_id)
     if token is not None and (
-        token.needs_reconnect or (token.refresh_failing and token.access_expires_at <= now)
+        token.needs_reconnect
+        or token.refresh_outcome_unknown
+        or (token.refresh_failing and token.access_expires_at <= now)
     ):
         return False
     stats = table.stats.get(realm_id)
@@ -93,6 +103,6 @@ def overall_status(counts: dict[str, int]) -> str:
     down = counts["unhealthy"] + counts["needs_reconnect"]
     if total and down * 2 >= total:
         return "unhealthy"
-    if down or counts["degraded"]:
+    if down or counts["degraded"] or counts["refresh_outcome_unknown"]:
         return "degraded"
     return "healthy"

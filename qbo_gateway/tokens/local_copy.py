@@ -23,7 +23,7 @@ from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.tokens.crypto import TokenDecryptError
 from qbo_gateway.tokens.reconcile import Reconciler, newest
 from qbo_gateway.tokens.records import TokenRecord, TokenStore, is_newer
-from qbo_gateway.tokens.spill import SpillFile
+from qbo_gateway.tokens.spill import Intent, SpillFile
 
 log = structlog.get_logger(__name__)
 
@@ -89,12 +89,29 @@ class TokenMemory:
         """An operator stored new tokens: earlier pairs of the realm are void."""
         self.forget(realm_id)
         await self._release(realm_id, None)
+        await self.refresh_answered(realm_id)
 
     async def _release(self, realm_id: str, version: int | None) -> None:
         try:
             await self.spill.release(realm_id, version)
         except OSError as exc:
             log.error("token_spill_write_failed", realm_id=realm_id, **failure(exc))
+
+    async def refresh_begins(self, current: TokenRecord, now: float) -> None:
+        try:
+            await self.spill.begin(Intent(current.realm_id, current.version, now))
+        except OSError as exc:
+            log.error("token_refresh_intent_failed", realm_id=current.realm_id, **failure(exc))
+
+    async def refresh_answered(self, realm_id: str) -> None:
+        """The refresh's outcome is known (and a new pair, if any, is spilled)."""
+        try:
+            await self.spill.resolve(realm_id)
+        except OSError as exc:
+            log.error("token_refresh_intent_failed", realm_id=realm_id, **failure(exc))
+
+    def outcome_unknown(self, realm_id: str) -> bool:
+        return self.spill.intent(realm_id) is not None
 
     def pending_realms(self) -> list[str]:
         return self.spill.realms()

@@ -13,8 +13,8 @@ refresh of each realm did) and `refresher` (the periodic pass over every realm).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 
 import structlog
 
@@ -34,6 +34,7 @@ from qbo_gateway.tokens.outcomes import RefreshOutcomes
 from qbo_gateway.tokens.policy import Mode, RefreshPolicy
 from qbo_gateway.tokens.reconcile import Reconciler
 from qbo_gateway.tokens.records import TokenRecord, TokenStatus, TokenStore
+from qbo_gateway.tokens.recovery import Recovery
 from qbo_gateway.tokens.refresh import LockedRefresh
 from qbo_gateway.tokens.refresher import BackgroundRefresher
 from qbo_gateway.tokens.spill import SpillFile
@@ -93,9 +94,6 @@ class TokenManager:
             spill=spill,
             reconciler=Reconciler(store=store, spill=spill, observer=observer),
         )
-        self._reconciling: asyncio.Task[int] | None = None
-        if availability is not None:
-            availability.on_up(self._store_back)
         self._outcomes = RefreshOutcomes()
         self._policy = RefreshPolicy(clock=clock, margin=margin)
         locked = LockedRefresh(
@@ -117,6 +115,9 @@ class TokenManager:
             locked=locked,
             lock_lease=lock_lease,
         )
+        self._recovery = Recovery(memory=self._memory, coordinator=self._coordinator)
+        if availability is not None:
+            availability.on_up(self._recovery.store_back)
         self._refresher = BackgroundRefresher(
             store=store,
             clock=clock,
@@ -176,7 +177,7 @@ class TokenManager:
         if not self._memory.backend_up():
             raise UpstreamUnavailable("the state backend is unreachable: refresh refused")
         record = await self._coordinator.refresh(realm_id, Mode.FORCE)
-        return self._outcomes.status(record)
+        return self._status(record)
 
     async def bootstrap(
         self,
@@ -253,10 +254,16 @@ class TokenManager:
             record = await self._memory.read(realm_id)
         except StateUnavailable:
             record = self._memory.cached(realm_id)
-        return None if record is None else self._outcomes.status(record)
+        return None if record is None else self._status(record)
 
     async def statuses(self) -> list[TokenStatus]:
-        return [self._outcomes.status(r) for r in await self._memory.records()]
+        return [self._status(r) for r in await self._memory.records()]
+
+    def _status(self, record: TokenRecord) -> TokenStatus:
+        status = self._outcomes.status(record)
+        if self._memory.outcome_unknown(record.realm_id):
+            status = dataclasses.replace(status, refresh_outcome_unknown=True)
+        return status
 
     async def realm_ids(self) -> list[str]:
         return [r.realm_id for r in await self._memory.records()]
@@ -270,43 +277,18 @@ class TokenManager:
     async def run_refresher(self, interval: float) -> None:
         await self._refresher.run(interval)
 
-    # --- reconciliation with the store ------------------------------------------------
+    # --- recovery (start, store back, shutdown) -----------------------------------------
 
     async def reconcile(self) -> int:
         """Write back every pair this replica holds that the store lacks (on start and
         after each store outage); returns how many realms were checked."""
-        if not self._memory.backend_up():
-            return 0
-        try:
-            return await self._memory.reconcile()
-        except StateUnavailable as exc:
-            self._memory.down(exc)
-            return 0
+        return await self._recovery.reconcile()
 
-    def _store_back(self) -> None:
-        if self._reconciling is None or self._reconciling.done():
-            with contextlib.suppress(RuntimeError):  # no running loop (sync callers)
-                self._reconciling = asyncio.get_running_loop().create_task(
-                    self.reconcile(), name="token-reconcile"
-                )
+    async def check_unknown_outcomes(self) -> list[str]:
+        """Check at once every realm whose last refresh outcome is unknown (on start)."""
+        return await self._recovery.check_unknown()
 
     async def drain(self, budget: float | None = None) -> None:
-        """Wait for refreshes and token writes in flight, at most `budget` seconds.
-
-        Past it they are cancelled: a refreshed pair the store has not taken is already
-        in the spill file, and the next start writes it; a token call cut off is a
-        refresh intent the next start checks."""
-        try:
-            async with asyncio.timeout(budget):
-                await self._coordinator.drain()
-                if self._reconciling is not None:
-                    with contextlib.suppress(Exception):
-                        await self._reconciling
-        except TimeoutError:
-            log.error(
-                "token_drain_timed_out",
-                budget_seconds=budget,
-                spilled_realms=self._memory.pending_realms(),
-                note="pairs the store has not taken are in the spill file; the next start "
-                "writes them",
-            )
+        """Wait for refreshes and token writes in flight, at most `budget` seconds; past
+        it they are cut off (their pairs are spilled, their token calls noted)."""
+        await self._recovery.drain(budget)

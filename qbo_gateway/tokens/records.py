@@ -85,3 +85,6 @@ class TokenStatus:
     last_refresh_at: float | None = None
     last_refresh_error: str | None = None  # a short, secret-free description
     refresh_failing: bool = False  # token calls failing while the access token is valid
+    # A token call was in flight when its answer was lost (a crash, a timeout): Intuit
+    # may have rotated the refresh token. Never "healthy" until a check says.
+    refresh_outcome_unknown: bool = False

@@ -14,6 +14,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import structlog
 
 from qbo_gateway.clock import Clock
@@ -40,6 +41,17 @@ log = structlog.get_logger(__name__)
 TOKEN_ATTEMPTS = 3
 BACKOFF_BASE = 0.5  # seconds before the second attempt; doubles, with jitter
 STORE_ATTEMPTS = 2  # then the spill file holds the pair until the store is back
+
+
+def answer_lost(exc: BaseException) -> bool:
+    """Whether Intuit may have acted on a token call whose answer never arrived (a timeout,
+    a connection broken after sending), so the refresh token may have rotated."""
+    cause = exc.__cause__
+    if isinstance(cause, TimeoutError):
+        return True
+    return isinstance(cause, aiohttp.ClientError) and not isinstance(
+        cause, aiohttp.ClientConnectorError
+    )
 
 
 class LockedRefresh:
@@ -81,11 +93,16 @@ class LockedRefresh:
             raise ReconnectRequired(f"realm {realm_id} must be reconnected")
         if mode is not Mode.FORCE and not self._policy.needs(current, mode, used_token, None):
             return current
+        # Durably noted before the call: a crash before its answer is handled leaves the
+        # outcome unknown, and the next start checks the realm at once.
+        await self._memory.refresh_begins(current, self._clock.now())
         try:
             grant = await self._call_token_endpoint(realm_id, current, confirm)
         except InvalidGrant:
+            await self._memory.refresh_answered(realm_id)
             return await self._invalid_grant(realm_id, current)
         except InvalidClient as exc:
+            await self._memory.refresh_answered(realm_id)
             config_error = "Intuit refused the app's client id/secret (invalid_client)"
             self._outcomes.client_refused(realm_id, config_error, self._clock.now())
             self._metrics.token_refreshes.labels(result="invalid_client").inc()
@@ -94,6 +111,8 @@ class LockedRefresh:
             )
             return self._policy.fallback(current, mode, config_error)
         except OAuthError as exc:
+            if not answer_lost(exc):
+                await self._memory.refresh_answered(realm_id)
             self._outcomes.failed(realm_id, str(exc), self._clock.now())
             self._metrics.token_refreshes.labels(result="failure").inc()
             log.warning("token_refresh_failed", realm_id=realm_id, **failure(exc))
@@ -166,6 +185,7 @@ class LockedRefresh:
         )
         # On disk before anything uses it: the store may not take it, the process may die.
         await self._memory.hold(fresh)
+        await self._memory.refresh_answered(realm_id)
         stored = await self._put_durably(realm_id, fresh, current.version)
         self._metrics.token_refreshes.labels(result="success").inc()
         self._outcomes.succeeded(realm_id, now)
