@@ -443,6 +443,7 @@ async def test_status_derivation_and_summary_counts() -> None:
         "degraded": 1,
         "unhealthy": 2,
         "needs_reconnect": 1,
+        "refresh_outcome_unknown": 0,
     }
     assert summary["status"] == "unhealthy"  # half the realms cannot reach QuickBooks
     assert summary["alerts"]["by_severity"] == {"warning": 0, "critical": 3}

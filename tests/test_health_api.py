@@ -78,6 +78,7 @@ async def test_summary_dashboard_business_alerts_shapes(setup: Any, prefix: str)
         "degraded": 1,
         "unhealthy": 1,
         "needs_reconnect": 0,
+        "refresh_outcome_unknown": 0,
     }
     assert summary["monitor"]["running"] is False
     assert summary["alerts"]["active"] == 2
