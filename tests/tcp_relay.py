@@ -29,6 +29,11 @@ class TcpRelay:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
+    def retarget(self, port: int) -> None:
+        """Send new connections to another server (a failover); old ones are dropped."""
+        self.target_port = port
+        self.thaw()
+
     def freeze(self) -> None:
         self._open.clear()
 

@@ -27,6 +27,7 @@ from qbo_gateway.tokens.crypto import TokenCipher, generate_key
 from qbo_gateway.tokens.spill import SPILL_FILE_NAME, SpillFile
 from tests.harness import REALM, start_gateway, start_sim
 from tests.redis_server import RedisServer
+from tests.tcp_relay import TcpRelay
 
 KEY = generate_key()
 COMPANY = f"companyinfo/{REALM}"
@@ -53,6 +54,7 @@ class Rig:
     prefix: str
     aiohttp_server: Any
     session: aiohttp.ClientSession
+    redis_url: str | None = None  # default: the server's own (a relay may stand between)
     gw: Gateway | None = None
     proxy: TestServer | None = None
     ops: TestServer | None = None
@@ -66,7 +68,7 @@ class Rig:
             self.state_dir,
             clock=self.clock,
             seed=pair,
-            redis_url=self.redis.url,
+            redis_url=self.redis_url or self.redis.url,
             redis_prefix=self.prefix,
             token_keys=KEY,
         )
@@ -215,3 +217,65 @@ async def test_the_refresh_lock_lapses_within_one_token_call_of_its_holder(rig: 
     rig.sim.token_hold.set()
     assert await request == 200
     assert redis_client(rig.redis).exists(lock) == 0  # released by its holder
+
+
+def replica_of(port: int) -> RedisServer:
+    replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(port)])
+    replica.start()
+    return replica
+
+
+def stored_version(server: RedisServer, prefix: str) -> int | None:
+    raw = redis_client(server).hget(f"{prefix}:{{qbo:{REALM}}}:token", "v")
+    return None if raw is None else int(raw)
+
+
+@pytest.mark.parametrize("replica_stalls", [False, True], ids=["replica-acks", "replica-stalled"])
+async def test_master_killed_after_a_refresh_the_promoted_replica_has_the_newest_pair(
+    rig: Rig, replica_stalls: bool
+) -> None:
+    link = TcpRelay(rig.redis.port)  # the replication link, which the test can cut
+    await link.start()
+    replica = replica_of(link.port)
+    relay = TcpRelay(rig.redis.port)
+    await relay.start()
+    rig.redis_url = relay.url
+    try:
+        await until(
+            lambda: redis_client(replica).info("replication").get("master_link_status") == "up",
+            "replication",
+        )
+        gw = await rig.start(seed=True)
+        assert await rig.get() == 200
+        durable, why = await gw.store.durability()
+        assert durable and "WAIT" in why
+        if replica_stalls:
+            link.freeze()  # the replica cannot receive (nor acknowledge) the refreshed pair
+        rig.clock.advance(3600 - 600 + 6)
+        assert await rig.get() == 200  # refreshed: version 2 written to the master
+        live = rig.live_refresh_token()
+        spilled = rig.spilled().get(REALM)
+        if replica_stalls:
+            # No replica acknowledged it: the pair stays in the spill file.
+            assert spilled is not None and spilled.refresh_token == live
+            rig.redis.stop()  # the master dies before the replica caught up
+            link.thaw()  # what the link held is lost with the master
+        else:
+            assert spilled is None  # a replica acknowledged it before the refresh returned
+            rig.redis.stop()  # the master dies right after the refresh
+        redis_client(replica).execute_command("REPLICAOF", "NO", "ONE")  # promoted
+        assert stored_version(replica, rig.prefix) == (1 if replica_stalls else 2)
+        relay.retarget(replica.port)  # the failover, as the gateway sees it
+        rig.clock.advance(6)  # past the in-memory recheck: the next request reads the store
+        await until(lambda: gw.availability.up, "the new master")
+        assert await rig.get() == 200
+        assert stored_version(replica, rig.prefix) == 2
+        stored = await gw.store.get(REALM)
+        assert stored is not None and stored.refresh_token == live
+        rig.clock.advance(3600 - 600 + 6)
+        assert await rig.get() == 200  # the next refresh spends the newest refresh token
+        assert (rig.sim.token_calls, rig.sim.invalid_grants) == (2, 0)
+    finally:
+        await relay.close()
+        await link.close()
+        replica.cleanup()

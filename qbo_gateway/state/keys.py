@@ -18,6 +18,10 @@ class RedisKeys:
     def token(self, realm_id: str) -> str:
         return self.realm_key(realm_id, "token")
 
+    def token_sync(self) -> str:
+        # Written after a token write so WAIT can confirm replicas have everything before it.
+        return f"{self.prefix}:token-sync"
+
     def token_index(self) -> str:
         return f"{self.prefix}:token-index"
 

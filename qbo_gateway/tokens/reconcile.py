@@ -51,7 +51,7 @@ class Reconciler:
         best = newest(spilled, known)
         if best is None or (stored is not None and not is_newer(best, stored)):
             if spilled is not None and stored is not None:
-                await self._spill.release(realm_id, stored.version)
+                await self._release(realm_id, stored)
             return stored
         rolled_back = high_water is not None and (stored is None or stored.version < high_water)
         if rolled_back:
@@ -67,7 +67,7 @@ class Reconciler:
             self._observer.token_event(realm_id, "store_rolled_back", best)
         restored = await self._store.restore(best)
         if spilled is not None and not is_newer(spilled, restored):
-            await self._spill.release(realm_id, restored.version)
+            await self._release(realm_id, restored)
         log.warning(
             "token_pending_stored" if spilled is best else "token_restored",
             realm_id=realm_id,
@@ -75,3 +75,8 @@ class Reconciler:
             store_version=None if stored is None else stored.version,
         )
         return restored
+
+    async def _release(self, realm_id: str, stored: TokenRecord) -> None:
+        """The store holds `stored`: the spilled pair goes once a replica has it too."""
+        if await self._store.replicated(realm_id):
+            await self._spill.release(realm_id, stored.version)

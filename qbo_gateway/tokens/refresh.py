@@ -203,7 +203,10 @@ class LockedRefresh:
             try:
                 stored = await self._store.put(fresh, expected_version=base)
                 if stored is not None:
-                    await self._memory.stored(stored)
+                    if await self._store.replicated(realm_id):
+                        await self._memory.stored(stored)
+                    else:
+                        self._memory.remember(stored)  # stays spilled until replicated
                     return stored
                 # Someone wrote past us despite the lock (an import, or the store went
                 # back in time): reconciling keeps whichever pair is the newer.

@@ -9,9 +9,11 @@ realm on restart: `durability()` finds out and says so loudly. Redis errors beco
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
+from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
 from qbo_gateway.state.errors import StateUnavailable
@@ -32,6 +34,8 @@ return 1
 """
 
 _FORCE_ATTEMPTS = 20
+REPLICA_WAIT_MS = 250  # how long a token write waits for one replica's acknowledgement
+REPLICA_RECHECK_SECONDS = 5.0
 
 
 class RedisTokenStore:
@@ -41,6 +45,7 @@ class RedisTokenStore:
         self._cipher = cipher
         self._cas = redis.register_script(_CAS)
         self._warned = False
+        self._replicas: tuple[int, float] | None = None  # (connected replicas, checked at)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -107,6 +112,36 @@ class RedisTokenStore:
         )
         return bool(done)
 
+    async def replicated(self, realm_id: str) -> bool:
+        if isinstance(self._redis, RedisCluster):
+            return True  # each shard replicates on its own; WAIT is not sent through here
+        replicas = await self._replica_count()
+        if replicas == 0:
+            return True
+        # Replication is one ordered stream: a write after the record's, acknowledged by a
+        # replica, means the record reached it too (WAIT counts this connection's writes).
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._keys.token_sync(), realm_id)
+        pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+        _, acks = await self._call(pipe.execute())
+        if int(acks) >= 1:
+            return True
+        log.warning(
+            "token_write_not_replicated",
+            realm_id=realm_id,
+            replicas=replicas,
+            wait_ms=REPLICA_WAIT_MS,
+            note="the pair stays in the spill file until a replica has it",
+        )
+        return False
+
+    async def _replica_count(self) -> int:
+        now = time.monotonic()
+        if self._replicas is None or now - self._replicas[1] > REPLICA_RECHECK_SECONDS:
+            info = await self._call(self._redis.info("replication"))
+            self._replicas = (int(info.get("connected_slaves", 0)), now)
+        return self._replicas[0]
+
     async def delete(self, realm_id: str) -> bool:
         # Record first, index last: the reverse order could leave a record nobody lists.
         removed = await self._call(self._redis.delete(self._keys.token(realm_id)))
@@ -155,6 +190,13 @@ class RedisTokenStore:
         save_rules = _config_value(save, "save")
         if aof_on:
             return True, "Redis appends every write to its AOF (appendonly yes)"
+        if not isinstance(self._redis, RedisCluster) and await self._replica_count():
+            return (
+                True,
+                "Redis replicates to a replica and each token write waits for one to "
+                "acknowledge it (WAIT)"
+                + ("" if save_rules else "; this server itself keeps nothing on disk"),
+            )
         if save_rules:
             return (
                 True,

@@ -133,6 +133,9 @@ class SqliteTokenStore:
                 raise
         return stored
 
+    async def replicated(self, realm_id: str) -> bool:
+        return True  # one file, fsync'd on every write: nothing to wait for
+
     async def delete(self, realm_id: str) -> bool:
         return await asyncio.to_thread(self._delete, realm_id)
 
