@@ -139,15 +139,13 @@ async def test_partition_mid_refresh_then_sigterm_keeps_the_pair_in_the_spill_fi
     env = gateway_env(str(sim_server.make_url("")).rstrip("/"), state, sim, QBO_REDIS_URL=relay.url)
     gw = Gateway(env, tmp_path / "gateway.log")
     try:
-        await gw.start(session)
         sim.token_hold = asyncio.Event()
-        request = asyncio.create_task(get_company(session, gw))
+        await gw.start(session)  # its refresher refreshes at once (inside the margin)
         await until(lambda: sim.token_calls == 1, "the token call")
         relay.freeze()  # Redis stops answering: a blackhole, not a refused connection
         sim.token_hold.set()
         await until(lambda: (state / SPILL_FILE_NAME).exists(), "the spill file")
         assert await gw.stop() == 0
-        assert request.done() and request.result() == 200
         spilled = SpillFile(state / SPILL_FILE_NAME, TokenCipher(KEY)).get(REALM)
         live = sim.realms[REALM].refresh_token
         assert spilled is not None and spilled.refresh_token == live
@@ -201,14 +199,11 @@ async def test_kill_9_during_a_slow_token_call(
     )
     first_call = sim.token_hold = asyncio.Event()
     try:
-        await gw.start(session)
-        request = asyncio.create_task(get_company(session, gw))
+        await gw.start(session)  # its refresher refreshes at once (inside the margin)
         await until(lambda: sim.token_calls == 1, "the slow token call")
         intent = SpillFile(state / SPILL_FILE_NAME, TokenCipher(KEY)).intent(REALM)
         assert intent is not None and intent.version == 1  # noted before the call
         await gw.kill()  # kill -9 while Intuit has not answered
-        with pytest.raises(aiohttp.ClientError):
-            await request
         if rotated:
             # Intuit had acted on the call: it rotated, and the new pair reached no one.
             sim.issue_tokens(REALM)

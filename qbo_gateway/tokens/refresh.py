@@ -99,8 +99,10 @@ class LockedRefresh:
         try:
             grant = await self._call_token_endpoint(realm_id, current, confirm)
         except InvalidGrant:
-            await self._memory.refresh_answered(realm_id)
-            return await self._invalid_grant(realm_id, current)
+            try:
+                return await self._invalid_grant(realm_id, current)
+            finally:  # known once the verdict is stored, not before
+                await self._memory.refresh_answered(realm_id)
         except InvalidClient as exc:
             await self._memory.refresh_answered(realm_id)
             config_error = "Intuit refused the app's client id/secret (invalid_client)"
