@@ -85,6 +85,13 @@ class RefreshCoordinator:
         assert record is not None
         return record
 
+    async def settled(self, realm_id: str) -> None:
+        """Wait for the realm's refresh in flight, if any (its outcome is its own)."""
+        flight = self._flights.running(realm_id)
+        if flight is not None:
+            with contextlib.suppress(GatewayError, StateUnavailable):
+                await asyncio.shield(flight)
+
     async def drain(self) -> None:
         """Wait for refreshes in flight (cancelling this wait cancels them)."""
         await self._flights.drain()

@@ -64,6 +64,10 @@ class Recovery:
                     # Removed, or the refresh did land (its pair was spilled and written).
                     await self._memory.refresh_answered(realm_id)
                     continue
+                # A refresh already under way (the background refresher) may settle it.
+                await self._coordinator.settled(realm_id)
+                if self._memory.spill.intent(realm_id) is None:
+                    continue
                 log.warning("token_refresh_outcome_unknown", realm_id=realm_id, check="refresh")
                 await self._coordinator.refresh(realm_id, Mode.FORCE)
             except (GatewayError, StateUnavailable) as exc:
