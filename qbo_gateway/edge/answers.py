@@ -65,16 +65,20 @@ def http_exception_fault(request: web.BaseRequest, exc: web.HTTPException) -> we
 
 
 def ops_edge() -> Middleware:
-    """The ops listener's router refusals (no such route, wrong method) as faults."""
+    """The ops listener's router refusals (no such route, wrong method) as faults; an
+    `X-Request-Id` on every answer."""
 
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             return http_exception_fault(request, exc)
+        if not response.prepared:
+            response.headers.setdefault("X-Request-Id", _rid(request))
+        return response
 
     return edge
 

@@ -27,7 +27,8 @@ _STATE_FILTERS = ("active", "acknowledged", "resolved")
 
 
 def _problem(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    name = "GW-NOT-FOUND" if status == 404 else "GW-BAD-PATH"
+    return gateway_fault(name, status, message)
 
 
 def _authorized(request: web.Request, admin_token: str | None) -> bool:
