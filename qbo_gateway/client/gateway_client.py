@@ -144,7 +144,7 @@ class QBOGatewayClient:
                 f"{type(exc).__name__}"
             ) from exc
         doc = json_or_none(body)
-        if status == 404 and isinstance(doc, dict) and "error" in doc:
+        if status == 404 and isinstance(doc, dict) and ("Fault" in doc or "error" in doc):
             return None  # the health API's own 404: the gateway has never heard of the realm
         if status != 200 or not isinstance(doc, dict) or "status" not in doc:
             raise HealthUnavailable(
