@@ -14,6 +14,7 @@ from qbo_gateway.oauth.connect import ConnectFlow, connect_routes
 from qbo_gateway.oauth.return_to import ReturnUrls
 from qbo_gateway.ops.health_api import add_health_routes
 from qbo_gateway.ops.listener import Readiness, admin_authorized, build_ops_app
+from qbo_gateway.ops.loop_metrics import register_loop_tasks
 from qbo_gateway.ops.openapi import add_openapi_routes
 from qbo_gateway.ops.read_guard import read_guard
 from qbo_gateway.ops.realms_api import RealmsApi
@@ -66,6 +67,7 @@ def ops_app(
     app.add_routes(realms.routes())
     add_health_routes(app, health, admin_token=admin_token)
     add_openapi_routes(app)
+    register_loop_tasks(metrics.registry)
     app.middlewares.append(ops_edge())
     app.middlewares.append(read_guard(secret_text(settings.ops_read_token) or None, admin_token))
     return app

@@ -152,8 +152,11 @@ async def streamed_fault(request: web.Request, rule: FaultRule, tid: str) -> web
         drop(request)  # no terminating chunk: the client sees the body end early
         return response
     parts = [b'{"QueryResponse":{"Item":[', rows.encode(), b"]},", b'"time":', b'"x"}']
-    for part in parts:
-        await asyncio.sleep(rule.delay)
-        await response.write(part)
-    await response.write_eof()
+    try:
+        for part in parts:
+            await asyncio.sleep(rule.delay)
+            await response.write(part)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client gave up on the slow body (a gateway's deadline): nothing to do
     return response
