@@ -41,6 +41,7 @@ from bench.throughput import (  # noqa: E402 - after the path tweak above
     start_simulator,
     wait_ready,
 )
+
 from tests.redis_server import RedisServer  # noqa: E402
 
 FAULTS = [
