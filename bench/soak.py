@@ -22,6 +22,8 @@ import asyncio
 import json
 import os
 import random
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,15 +36,10 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.throughput import (  # noqa: E402 - after the path tweak above
-    REALM,
-    free_port,
-    start_gateway,
-    start_simulator,
-    wait_ready,
-)
-
 from tests.redis_server import RedisServer  # noqa: E402
+
+REALM = "9130349226472226"
+EXE = [sys.executable, "-m", "qbo_gateway"]
 
 FAULTS = [
     {"kind": "server_error", "times": 3},
@@ -53,6 +50,47 @@ FAULTS = [
     {"kind": "disconnect", "times": 2},
     {"kind": "throttle", "times": 2, "retry_after": "1"},
 ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_simulator(port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [*EXE, "simulator", "--port", str(port), "--realm", REALM, "--print-tokens"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    while line := proc.stdout.readline():
+        if line.startswith("{"):
+            return proc, json.loads(line)
+    raise RuntimeError("simulator exited")
+
+
+def start_gateway(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("QBO_")}
+    full.update(env)
+    return subprocess.Popen(
+        [*EXE, "serve"], env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} never became ready")
 
 
 @dataclass
