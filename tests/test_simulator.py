@@ -601,3 +601,111 @@ async def test_run_serves_and_prints_tokens_only_when_asked(unused_tcp_port: int
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+# ---- change data capture -----------------------------------------------------------------
+
+
+def _iso(at: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(at, tz=UTC).isoformat()
+
+
+async def _cdc(client: Client, pair: TokenPair, entities: str, since: float) -> Any:
+    resp = await api(
+        client, pair, "cdc", params={"entities": entities, "changedSince": _iso(since)}
+    )
+    return resp.status, await resp.json()
+
+
+def _changed(body: Any) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for answer in body["CDCResponse"][0]["QueryResponse"]:
+        for key, value in answer.items():
+            if isinstance(value, list):
+                found[key] = value
+    return found
+
+
+async def test_cdc_answers_creates_updates_and_deletes_since_a_time(
+    sim: Simulator, client: Client, clock: FakeTime
+) -> None:
+    pair = sim.add_realm(REALM)
+    clock.now += 600
+    mark = clock.now
+    assert _changed((await _cdc(client, pair, "Customer,Invoice", mark))[1]) == {}
+    clock.now += 10
+    renamed = await api(
+        client,
+        pair,
+        "customer",
+        method="POST",
+        json={"Id": "3", "SyncToken": "0", "sparse": True, "DisplayName": "Renamed"},
+    )
+    assert renamed.status == 200
+    created = await api(client, pair, "customer", method="POST", json={"DisplayName": "New"})
+    new_id = (await created.json())["Customer"]["Id"]
+    gone = await api(
+        client,
+        pair,
+        "invoice",
+        method="POST",
+        params={"operation": "delete"},
+        json={"Id": "4", "SyncToken": "0"},
+    )
+    assert (await gone.json())["Invoice"] == {"status": "Deleted", "domain": "QBO", "Id": "4"}
+    items = [{"bId": "x", "operation": "delete", "Invoice": {"Id": "5", "SyncToken": "0"}}]
+    batch = await api(client, pair, "batch", method="POST", json={"BatchItemRequest": items})
+    assert (await batch.json())["BatchItemResponse"][0]["Invoice"]["status"] == "Deleted"
+    sim.edit(REALM, "Customer", "7", {"DisplayName": "Edited in QuickBooks"})
+
+    status, body = await _cdc(client, pair, "Customer,Invoice", mark)
+    assert status == 200
+    changed = _changed(body)
+    customers = {c["Id"]: c for c in changed["Customer"]}
+    assert set(customers) == {"3", new_id, "7"}
+    assert customers["3"] == sim.entity(REALM, "Customer", "3")  # whole, as a read answers
+    assert customers["7"]["DisplayName"] == "Edited in QuickBooks"
+    invoices = changed["Invoice"]
+    assert {i["Id"] for i in invoices} == {"4", "5"}
+    assert all(i["status"] == "Deleted" and "LastUpdatedTime" in i["MetaData"] for i in invoices)
+    assert (await api(client, pair, "invoice/4")).status == 400  # deleted: Object Not Found
+    # Only what changed at or after changedSince, and only the entities asked for.
+    later = clock.now + 1
+    assert _changed((await _cdc(client, pair, "customer", later))[1]) == {}
+    assert set(_changed((await _cdc(client, pair, "customer", mark))[1])) == {"Customer"}
+
+
+async def test_cdc_refuses_more_than_30_days_and_caps_1000_objects(
+    sim: Simulator, client: Client, clock: FakeTime
+) -> None:
+    sim.add_realm(REALM)
+    clock.now += 31 * 86400
+    pair = sim.issue_tokens(REALM)
+    status, body = await _cdc(client, pair, "Customer", clock.now - 31 * 86400)
+    assert status == 400 and body["Fault"]["Error"][0]["code"] == "2500"
+    status, body = await _cdc(client, pair, "Nonsense", clock.now - 60)
+    assert status == 400
+    mark = clock.now
+    for n in range(1010):
+        sim.edit(REALM, "Customer", str(n % 25 + 1), {"Notes": str(n)})
+        clock.now += 0.001
+    for n in range(1000):
+        created = await api(client, pair, "invoice", method="POST", json={"TxnDate": str(n)})
+        assert created.status == 200
+    status, body = await _cdc(client, pair, "Customer,Invoice", mark)
+    changed = _changed(body)
+    assert status == 200
+    assert len(changed["Customer"]) == 25  # one object per entity, its latest version
+    assert len(changed["Invoice"]) == 975  # 1000 objects in all: the rest is left out
+    # Customer sees its own deletion refused: name lists are made inactive, not deleted.
+    refused = await api(
+        client,
+        pair,
+        "customer",
+        method="POST",
+        params={"operation": "delete"},
+        json={"Id": "1", "SyncToken": "0"},
+    )
+    assert refused.status == 400

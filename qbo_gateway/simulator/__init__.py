@@ -19,9 +19,10 @@ tokens rotate strictly: each use or re-issue kills the previous one at once.
 
 Modules: `core` (the `Simulator` state, its Python control API, `make_app`), `oauth` (token,
 authorize, revoke), `api` (the Accounting API's front door: counting, limits, faults, bearer),
-`accounting` (the endpoints), `query` (the query language), `reports`, `data` (seeded realm
-data and writes), `faults` (fault rules), `injected` (how a fault rule is answered),
-`answers` (Intuit-shaped bodies), `control` (`/_sim/` routes), `records`, `server` (`run`).
+`accounting` (the endpoints), `query` (the query language), `reports`, `cdc` (change data
+capture), `data` (seeded realm data, writes, deletes and when each happened), `faults`
+(fault rules), `injected` (how a fault rule is answered), `answers` (Intuit-shaped bodies),
+`control` (`/_sim/` routes), `records`, `server` (`run`).
 """
 
 from qbo_gateway.simulator.core import SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIMULATOR_KEY, Simulator

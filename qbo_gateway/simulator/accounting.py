@@ -2,8 +2,9 @@
 
 Once `api.py` has let a request through, this decides what QBO would answer: reads from the
 realm's data, writes with QBO's `requestid` idempotency (a repeated id replays the first
-answer), batches of up to 30 items, and for any other path with a body its size and sha256
-so large-payload tests can check what arrived.
+answer), deletes (`?operation=delete`), batches of up to 30 items, change data capture
+(`cdc.py`), and for any other path with a body its size and sha256 so large-payload tests
+can check what arrived.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from qbo_gateway.simulator.answers import FaultAnswer, fault_body, iso, json_answer, not_found
-from qbo_gateway.simulator.data import Realm, company, write
+from qbo_gateway.simulator.cdc import change_data_capture
+from qbo_gateway.simulator.data import Realm, company, delete, write
 from qbo_gateway.simulator.query import run_query
 from qbo_gateway.simulator.records import JSONDict, RecordedRequest
 from qbo_gateway.simulator.reports import report
@@ -52,7 +54,7 @@ async def dispatch(
         if parts[0] == "reports" and len(parts) == 2 and method == "GET":
             return await report(request, parts[1], now)
         if parts[0] == "cdc" and method == "GET":
-            return json_answer(200, {"CDCResponse": [{"QueryResponse": []}], "time": iso(now)})
+            return json_answer(200, change_data_capture(realm, dict(request.query), now))
         writes = len(parts) == 1 and method == "POST"
         if writes and (parts[0] in ENTITY_PATHS or parts[0] == "batch"):
             return _idempotent(realm, request, recorded.body, parts[0], now)
@@ -85,7 +87,9 @@ def _idempotent(
             status, answer = 200, _batch(realm, payload, now)
         else:
             entity = ENTITY_PATHS[what]
-            status, answer = 200, {entity: write(realm, entity, payload, now)}
+            deleting = request.query.get("operation", "").lower() == "delete"
+            change = delete if deleting else write
+            status, answer = 200, {entity: change(realm, entity, payload, now)}
     except FaultAnswer as fault:
         status, answer = fault.status, fault.body
     except ValueError:
@@ -122,14 +126,15 @@ def _batch(realm: Realm, payload: Any, now: float) -> JSONDict:
             else:
                 entity = next((e for e in ("Customer", "Invoice") if e in item), None)
                 operation = item.get("operation", "create")
-                if entity is None or operation not in ("create", "update"):
+                if entity is None or operation not in ("create", "update", "delete"):
                     raise FaultAnswer(
                         400, fault_body("2500", "Invalid Request", "Unsupported item", now)
                     )
                 data = dict(item[entity])
                 if operation == "create":
                     data.pop("Id", None)
-                answer[entity] = write(realm, entity, data, now)
+                change = delete if operation == "delete" else write
+                answer[entity] = change(realm, entity, data, now)
         except FaultAnswer as fault:
             answer["Fault"] = fault.body["Fault"]
         answers.append(answer)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from qbo_gateway.simulator.api import ApiRoutes
 from qbo_gateway.simulator.control import ControlRoutes
-from qbo_gateway.simulator.data import Realm, new_realm_id, seed_realm
+from qbo_gateway.simulator.data import Realm, delete, new_realm_id, seed_realm, write
 from qbo_gateway.simulator.faults import FaultRule
 from qbo_gateway.simulator.oauth import OAuthRoutes
 from qbo_gateway.simulator.records import AuthCode, Grant, JSONDict, RecordedRequest, TokenPair
@@ -120,6 +120,19 @@ class Simulator:
 
     def entity(self, realm_id: str, entity: str, entity_id: str) -> JSONDict | None:
         return self.realms[realm_id].entities.get(entity, {}).get(entity_id)
+
+    def edit(self, realm_id: str, entity: str, entity_id: str, changes: JSONDict) -> JSONDict:
+        """A change made in QuickBooks itself (never seen by the gateway): a sparse update."""
+        realm = self.realms[realm_id]
+        current = realm.entities[entity][entity_id]
+        payload = {**changes, "Id": entity_id, "SyncToken": current["SyncToken"], "sparse": True}
+        return write(realm, entity, payload, self.clock())
+
+    def remove(self, realm_id: str, entity: str, entity_id: str) -> None:
+        """A delete made in QuickBooks itself."""
+        realm = self.realms[realm_id]
+        current = realm.entities[entity][entity_id]
+        delete(realm, entity, {"Id": entity_id, "SyncToken": current["SyncToken"]}, self.clock())
 
     def inject(self, rule: FaultRule) -> None:
         self.faults.append(rule)

@@ -1,8 +1,10 @@
 """A realm's company data: the seeded customers and invoices, and how writes change them.
 
 Every connected realm starts with the same predictable rows so tests can read known ids, and
-writes follow QBO's rules (new ids, SyncToken must match, sparse updates merge) so the
-gateway's write path meets a Stale Object Error exactly where the real service would raise one.
+writes follow QBO's rules (new ids, SyncToken must match, sparse updates merge, only
+transactions can be deleted) so the gateway's write path meets a Stale Object Error exactly
+where the real service would raise one. Every create, update and delete is noted with its
+time (`Realm.changed`, `Realm.deleted`): that is what change data capture (`cdc.py`) answers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from qbo_gateway.simulator.answers import FaultAnswer, fault_body, iso, not_foun
 from qbo_gateway.simulator.records import JSONDict
 
 SEED_COUNT = 25
+DELETABLE = frozenset({"Invoice"})  # transactions; name lists (Customer) are made inactive
 
 
 @dataclass
@@ -26,6 +29,15 @@ class Realm:
     next_id: dict[str, int] = field(default_factory=dict)
     idempotent: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     refresh_token: str | None = None
+    # entity -> id -> when it was last created or updated / deleted (epoch seconds)
+    changed: dict[str, dict[str, float]] = field(default_factory=dict)
+    deleted: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def note_change(self, entity: str, entity_id: str, at: float, *, deleted: bool = False) -> None:
+        """Remember a create, update or delete for change data capture."""
+        live, gone = self.changed.setdefault(entity, {}), self.deleted.setdefault(entity, {})
+        (gone if deleted else live)[entity_id] = at
+        (live if deleted else gone).pop(entity_id, None)
 
 
 def new_realm_id() -> str:
@@ -75,6 +87,8 @@ def seed_realm(realm_id: str, clock: Callable[[], float]) -> Realm:
         }
     realm.entities = {"Customer": customers, "Invoice": invoices, **_reference_data(stamp)}
     realm.next_id = {"Customer": SEED_COUNT + 1, "Invoice": SEED_COUNT + 1}
+    for entity, rows in realm.entities.items():
+        realm.changed[entity] = dict.fromkeys(rows, realm.connected_at)
     return realm
 
 
@@ -142,7 +156,47 @@ def write(realm: Realm, entity: str, payload: Any, now: float) -> JSONDict:
             "MetaData": {"CreateTime": stamp, "LastUpdatedTime": stamp},
         }
         store[new_id] = created
+        realm.note_change(entity, new_id, now)
         return created
+    current = _current(store, payload, now)
+    base = dict(current) if payload.get("sparse") else {}
+    updated: JSONDict = {
+        **base,
+        **payload,
+        "Id": current["Id"],
+        "SyncToken": str(int(current["SyncToken"]) + 1),
+        "domain": "QBO",
+        "sparse": False,
+        "MetaData": {"CreateTime": current["MetaData"]["CreateTime"], "LastUpdatedTime": stamp},
+    }
+    store[current["Id"]] = updated
+    realm.note_change(entity, current["Id"], now)
+    return updated
+
+
+def delete(realm: Realm, entity: str, payload: Any, now: float) -> JSONDict:
+    """`operation=delete` (Id + current SyncToken): QBO deletes transactions, not name lists."""
+    if entity not in DELETABLE:
+        raise FaultAnswer(
+            400,
+            fault_body(
+                "2500",
+                "Invalid Request",
+                f"Operation Delete is not supported for {entity}; make it inactive instead",
+                now,
+            ),
+        )
+    if not isinstance(payload, dict) or payload.get("Id") is None:
+        raise FaultAnswer(400, fault_body("2500", "Invalid Request", "Expected Id", now))
+    current = _current(realm.entities[entity], payload, now)
+    del realm.entities[entity][current["Id"]]
+    realm.note_change(entity, current["Id"], now, deleted=True)
+    return {"status": "Deleted", "domain": "QBO", "Id": current["Id"]}
+
+
+def _current(store: dict[str, JSONDict], payload: JSONDict, now: float) -> JSONDict:
+    """The stored entity an update or delete names, if its SyncToken is the current one."""
+    entity_id = payload.get("Id")
     current = store.get(str(entity_id))
     if current is None:
         raise not_found(now)
@@ -158,15 +212,4 @@ def write(realm: Realm, entity: str, payload: Any, now: float) -> JSONDict:
                 now,
             ),
         )
-    base = dict(current) if payload.get("sparse") else {}
-    updated: JSONDict = {
-        **base,
-        **payload,
-        "Id": current["Id"],
-        "SyncToken": str(int(current["SyncToken"]) + 1),
-        "domain": "QBO",
-        "sparse": False,
-        "MetaData": {"CreateTime": current["MetaData"]["CreateTime"], "LastUpdatedTime": stamp},
-    }
-    store[current["Id"]] = updated
-    return updated
+    return current
