@@ -4,13 +4,19 @@ Cancelling redis-py in the middle of a command can leave the connection (and wit
 whole shutdown) waiting for a long time. Workers that write to the state backend expose an
 "idle" event; `cancel_when_idle` waits (bounded) for the write in hand to finish and then
 cancels the worker where cancelling is safe. `DrainWorker` is the one queue-draining loop
-that the history writer, the alert store writer and the webhook notifier share.
+that the history writer, the alert store writer, the webhook notifier and the meter share.
+
+A worker may be paced (`pace` seconds between steps): what arrives meanwhile joins the
+next step, so a busy gateway writes one batch per pace instead of one per few requests.
+The pace is waited on the event loop's own time, not the injected clock (a ManualClock's
+sleep would move the test's time); `drained()` and `stop()` skip it, so nothing waits on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 
 
@@ -35,6 +41,8 @@ class DrainWorker:
     one piece of it. `wake()` after adding work. `idle` is set whenever the queue is empty,
     so `drained()` waits for everything submitted so far, and `stop()` parks before
     cancelling. A failing step is reported through `on_error` and never ends the loop.
+    With `pace`, steps start at least `pace` seconds apart unless someone waits for the
+    queue to drain (`drained`, `stop`): then it runs unpaced until the queue is empty.
     """
 
     def __init__(
@@ -43,11 +51,15 @@ class DrainWorker:
         has_work: Callable[[], bool],
         step: Callable[[], Awaitable[None]],
         on_error: Callable[[Exception], None],
+        pace: float = 0.0,
     ) -> None:
         self._has_work = has_work
         self._step = step
         self._on_error = on_error
+        self._pace = pace
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._last_step = -math.inf
         self.idle = asyncio.Event()
         self.idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -65,11 +77,14 @@ class DrainWorker:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def drained(self) -> None:
+        if not self.idle.is_set():
+            self._hurry.set()
         await self.idle.wait()
 
     async def stop(self, *, park: bool = True) -> None:
         """Stop; with `park`, only after the step in hand is done (see cancel_when_idle)."""
         if park:
+            self._hurry.set()
             self._wake.set()
             await cancel_when_idle(self._task, self.idle)
         elif self._task is not None:
@@ -82,12 +97,26 @@ class DrainWorker:
         while True:
             if not self._has_work():
                 self.idle.set()
+                self._hurry.clear()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if await self._paced():
+                continue  # the pace ended: look at the queue again
+            self._last_step = asyncio.get_running_loop().time()
             try:
                 await self._step()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed step must not end the worker
                 self._on_error(exc)
+
+    async def _paced(self) -> bool:
+        """Wait out the rest of the pace (True), unless it is over or someone hurries."""
+        left = self._last_step + self._pace - asyncio.get_running_loop().time()
+        if left <= 0 or self._hurry.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left):
+                await self._hurry.wait()
+        return True

@@ -2,9 +2,13 @@
 
 `count` is on the request path and costs a few dict increments: it never touches the
 backend. A background `DrainWorker` writes what accumulated in one batch (one Redis
-pipeline in Redis mode) after the replies went out; each batch's answer is the fleet's
-month total, from which the month's figures, the alerts and the guard's state follow.
-While the backend is unreachable counts stay pending and are written when it is back.
+pipeline in Redis mode, one HINCRBY per distinct counter) after the replies went out, at
+most once per `flush_interval` (1 s), so a busy replica sends a handful of commands a
+second instead of a few per request; each batch's answer is the fleet's month total, from
+which the month's figures, the alerts and the guard's state follow. `used()` adds this
+replica's unwritten counts to the fleet's, so the figures stay exact between batches.
+While the backend is unreachable counts stay pending and are written when it is back; a
+shutdown writes what is pending, and a kill -9 loses at most one interval's counts.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class MeterOptions:
     zone: tzinfo = UTC
     rate_window: float = 3600.0
     min_rate_span: float = 600.0
+    flush_interval: float = 1.0  # at most one batch per interval (what a kill -9 may lose)
 
 
 class Meter:
@@ -76,6 +81,7 @@ class Meter:
         self.month = month_of(clock.now(), options.zone)
         self._pending: dict[str, Counter[str]] = {}
         self._fleet_total = 0  # the month's total as last written or read
+        self._writing = 0  # this month's calls in the batch being written
         self._samples: deque[tuple[float, int]] = deque()
         self._retry_at = -math.inf
         self.guard_active = False
@@ -83,7 +89,12 @@ class Meter:
         self._probe_calls = metrics.coreplus_calls.labels(source="probe")
         self._core_calls = metrics.core_calls
         metrics.coreplus_month.labels(figure="limit").set(options.monthly_limit)
-        self._worker = DrainWorker(has_work=self._has_work, step=self.flush, on_error=_failed)
+        self._worker = DrainWorker(
+            has_work=self._has_work,
+            step=self.flush,
+            on_error=_failed,
+            pace=options.flush_interval,
+        )
 
     # --- the request path -------------------------------------------------------------
 
@@ -142,8 +153,11 @@ class Meter:
         batch, self._pending = self._pending, {}
         try:
             for label in sorted(batch):
+                # Counted in `used()` until the fleet's total that includes it is seen.
+                self._writing = batch[label][TOTAL] if label == self.month.label else 0
                 total = await self.backend.add(label, dict(batch[label]))
                 del batch[label]
+                self._writing = 0
                 if label == self.month.label:
                     self._seen_total(total)
         except StateUnavailable:
@@ -151,6 +165,8 @@ class Meter:
                 self._pending.setdefault(label, Counter()).update(fields)
             self._retry_at = self._clock.now() + _RETRY_SECONDS
             raise
+        finally:
+            self._writing = 0
 
     async def refresh(self) -> MonthFigures:
         """Read the fleet's total (other replicas' calls too); never fails."""
@@ -168,7 +184,7 @@ class Meter:
     def used(self) -> int:
         """The month's CorePlus calls: the fleet's as last seen, plus this replica's unwritten."""
         pending = self._pending.get(self.month.label)
-        return self._fleet_total + (pending[TOTAL] if pending else 0)
+        return self._fleet_total + self._writing + (pending[TOTAL] if pending else 0)
 
     def figures(self) -> MonthFigures:
         now = self._clock.now()
@@ -187,6 +203,9 @@ class Meter:
         samples = self._samples
         if not samples or now - samples[-1][0] >= _SAMPLE_EVERY:
             samples.append((now, self._fleet_total))
+        elif samples[-1][0] == now:
+            # A later figure of the same instant (the rest of a batch) is the truer one.
+            samples[-1] = (now, self._fleet_total)
         while len(samples) > 2 and samples[1][0] <= now - self.options.rate_window:
             samples.popleft()
         self._evaluate()
