@@ -22,10 +22,19 @@ if TYPE_CHECKING:
     from tests.tls_files import TlsFiles
 
 
+# Ports already handed out in this process: the kernel may give a just-closed ephemeral
+# port again at once, and two free_port() calls in a row must never name one port twice.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class RedisServer:
