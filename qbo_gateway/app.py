@@ -244,6 +244,7 @@ def _request_path(
         observer=observer,
         meter=meter,
         guard=read_guard(core.settings, meter, metrics=metrics),
+        locks=backends.locks,
     )
     return _RequestPath(admitter, cache, upstream, proxy)
 

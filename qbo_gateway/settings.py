@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     cache_entity_fresh_seconds: str = ""
     # a create's or update's answer serves its entity's reads this long (0: off)
     cache_write_through_seconds: float = Field(300.0, ge=0)
+    # entity reads past their freshness: one CDC call per realm at most this often (0: off)
+    cache_cdc_interval_seconds: float = Field(60.0, ge=0)
 
     # read economy (metered CorePlus reads)
     coreplus_monthly_limit: int = Field(500_000, ge=1)

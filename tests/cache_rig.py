@@ -69,6 +69,9 @@ class _CountingBackend:
     async def put(self, realm_id: str, key_hash: str, entry: CachedEntry, *, ttl: float) -> bool:
         return await self.inner.put(realm_id, key_hash, entry, ttl=ttl)
 
+    async def delete(self, realm_id: str, key_hash: str) -> None:
+        await self.inner.delete(realm_id, key_hash)
+
     async def epoch(self, realm_id: str) -> int:
         return await self.inner.epoch(realm_id)
 

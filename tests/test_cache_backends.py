@@ -103,6 +103,17 @@ async def test_missing_entry_is_none_with_epoch_zero(backend: CacheBackend) -> N
     assert await backend.epoch("111") == 0
 
 
+async def test_delete_forgets_only_that_entry(backend: CacheBackend) -> None:
+    assert await backend.put("111", "gone", entry(), ttl=60)
+    assert await backend.put("111", "kept", entry(), ttl=60)
+    assert await backend.put("222", "gone", entry(realm="222"), ttl=60)
+    await backend.delete("111", "gone")
+    await backend.delete("111", "never-stored")
+    assert (await backend.get("111", "gone"))[0] is None
+    assert (await backend.get("111", "kept"))[0] is not None
+    assert (await backend.get("222", "gone"))[0] is not None
+
+
 async def test_round_trip_keeps_status_headers_and_binary_body(backend: CacheBackend) -> None:
     body = b"line one\nline two\n\x00\xff binary"
     stored = entry(

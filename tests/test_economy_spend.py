@@ -73,11 +73,11 @@ async def test_a_created_entity_is_read_without_qbo(make: MakeRig) -> None:
     assert headers["Age"] == "10"
     assert qbo_gets(rig, "/customer/") == 0
     assert rig.metric("qbo_gateway_coreplus_calls_total", {"source": "caller"}) == 0
-    # Past its freshness the read goes to QBO again.
+    # Past its freshness the realm's CDC call renews it, not a read of the entity.
     rig.clock.advance(300)
     status, headers, _ = await rig.get(f"customer/{made['Id']}")
-    assert (status, qbo_gets(rig, "/customer/")) == (200, 1)
-    assert "hit" not in headers["Cache-Status"]
+    assert (status, qbo_gets(rig, "/customer/"), qbo_gets(rig, "/cdc")) == (200, 0, 1)
+    assert headers["Cache-Status"] == "qbo-gateway; hit; ttl=300; detail=cdc-validated"
 
 
 async def test_an_update_answer_is_the_next_read(make: MakeRig) -> None:
@@ -103,7 +103,8 @@ async def test_no_cache_still_goes_to_qbo(make: MakeRig) -> None:
 
 
 async def test_another_write_to_the_realm_ends_the_kept_read(make: MakeRig) -> None:
-    rig = await make()
+    # CDC refresh off: with it, the realm's CDC call would renew the read (test_cache_cdc).
+    rig = await make(cache_cdc_interval_seconds=0)
     made = await create(rig, "First")
     await create(rig, "Second")
     status, headers, _ = await rig.get(f"customer/{made['Id']}")

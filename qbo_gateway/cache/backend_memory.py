@@ -86,6 +86,10 @@ class MemoryCacheBackend:
         self._publish()
         return True
 
+    async def delete(self, realm_id: str, key_hash: str) -> None:
+        if self._entries.pop((realm_id, key_hash), None) is not None:
+            self._publish()
+
     async def epoch(self, realm_id: str) -> int:
         return self._epochs.get(realm_id, 0)
 

@@ -65,6 +65,9 @@ class RedisCacheBackend:
         )
         return True
 
+    async def delete(self, realm_id: str, key_hash: str) -> None:
+        await self._call(self._redis.delete(self._keys.cache_entry(realm_id, key_hash)))
+
     async def epoch(self, realm_id: str) -> int:
         raw = await self._call(self._redis.get(self._keys.cache_fresh_epoch(realm_id)))
         return int(raw) if raw is not None else 0

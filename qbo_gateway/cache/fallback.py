@@ -80,6 +80,12 @@ class FallbackCache:
             lambda: self._fallback.put(realm_id, key_hash, entry, ttl=ttl),
         )
 
+    async def delete(self, realm_id: str, key_hash: str) -> None:
+        await self._either(
+            lambda: self._primary.delete(realm_id, key_hash),
+            lambda: self._fallback.delete(realm_id, key_hash),
+        )
+
     async def epoch(self, realm_id: str) -> int:
         return await self._either(
             lambda: self._primary.epoch(realm_id), lambda: self._fallback.epoch(realm_id)

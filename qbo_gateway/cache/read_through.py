@@ -6,8 +6,10 @@ error; optionally (`QBO_CACHE_FRESH_SECONDS` > 0) young answers are served witho
 QBO at all. `ReadThrough.send` is the whole of that behaviour, around the call:
 
     write                 -> QBO; a success ends the realm's freshness
-    read, freshness on    -> fresh hit? else one shared (single-flight) call, buffered,
-                             stored; a failure is answered stale when allowed
+    read, freshness on    -> fresh hit? an entity read past its freshness that the realm's
+                             CDC call proves current (`cdc_refresh`)? else one shared
+                             (single-flight) call, buffered, stored; a failure is
+                             answered stale when allowed
     read, freshness off   -> QBO (streamed back, a copy stored); a failure answered stale
 
 The proxy relays what comes back; it knows nothing of entries, keys or degraded reasons.
@@ -21,6 +23,7 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from qbo_gateway.cache.cdc_refresh import CdcRefresher
 from qbo_gateway.cache.policy import (
     CacheKey,
     allows_fresh,
@@ -109,6 +112,7 @@ class ReadThrough:
         )
         # Concurrent fresh misses of one key share one upstream call, fully buffered.
         self._flights: SingleFlight[CacheKey, _Buffered] = SingleFlight("cache-read")
+        self.cdc: CdcRefresher | None = None  # set by the wiring when CDC refresh is on
 
     async def send(self, req: QboRequest, cache_control: str | None, rec: RequestRecord) -> Answer:
         if not req.read:
@@ -132,6 +136,10 @@ class ReadThrough:
             kept = (await self.cache.lookup(key)).entry
             if kept is not None and self.cache.fresh(kept):
                 return self._hit(kept, rec)
+            if kept is not None and self.cdc is not None:
+                renewed = await self._renewed(req, key, kept, rec)
+                if renewed is not None:
+                    return renewed
         # Nothing stored can answer before QBO is asked (no freshness), so the entry is only
         # looked up if QBO fails: no cache round trip on the way to a success.
         slot = _Slot(key, None, cache_control, None, "miss", looked_up=False)
@@ -199,6 +207,10 @@ class ReadThrough:
         entry = found.entry
         if entry is not None and cache.fresh(entry) and allows_fresh(cache_control):
             return self._hit(entry, rec)
+        if entry is not None and self.cdc is not None and allows_fresh(cache_control):
+            renewed = await self._renewed(req, key, entry, rec)
+            if renewed is not None:
+                return renewed
         fwd = cache.forward_reason(entry, cache_control)
         slot = _Slot(key, entry, cache_control, found.epoch, fwd, fresh_for=fresh_for)
         rec.cache_status = cache_status_for_upstream(stored=False, cacheable=True, fwd=fwd)
@@ -214,6 +226,19 @@ class ReadThrough:
         rec.cache_status = hit.headers["Cache-Status"]
         return hit
 
+    async def _renewed(
+        self, req: QboRequest, key: CacheKey, entry: CachedEntry, rec: RequestRecord
+    ) -> web.Response | None:
+        """The stored read, past its freshness, when the realm's CDC proves it current."""
+        assert self.cdc is not None
+        renewed = await self.cdc.revalidate(req, key, entry)
+        if renewed is None:
+            return None
+        rec.outcome, rec.code = "cache_hit", str(renewed.entry.status)
+        hit = self.cache.validated_response(renewed.entry, renewed.validated_at)
+        rec.cache_status = hit.headers["Cache-Status"]
+        return hit
+
     async def _buffered(self, req: QboRequest, slot: _Slot) -> _Buffered:
         rec = RequestRecord(request_id="flight", method=req.method)
         exchange = await self._qbo.call(req, rec)
@@ -222,6 +247,8 @@ class ReadThrough:
         stored = False
         if exchange.fault is FaultClass.OK:
             stored = await self._store(slot, status, headers, data)
+            if stored and self.cdc is not None:
+                self.cdc.held(req.target)
         return _Buffered(status, headers, data, exchange.fault, stored, rec)
 
     async def _from_buffered(

@@ -90,6 +90,10 @@ class CacheBackend(Protocol):
         """Store `entry` for `ttl` seconds; False when it was not kept (too large)."""
         ...
 
+    async def delete(self, realm_id: str, key_hash: str) -> None:
+        """Forget the entry stored under (realm, hash), if any (a deleted entity's read)."""
+        ...
+
     async def epoch(self, realm_id: str) -> int:
         """The realm's current freshness epoch (0 before any write)."""
         ...

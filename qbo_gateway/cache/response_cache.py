@@ -41,6 +41,7 @@ from qbo_gateway.state.errors import StateUnavailable
 log = structlog.get_logger(__name__)
 
 READ_BUDGET = "read-budget"  # Cache-Status detail of a read served to save a metered call
+CDC_VALIDATED = "cdc-validated"  # Cache-Status detail of a read a CDC call proved current
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,19 @@ class ResponseCache:
         ttl = max(0, math.floor(self.freshness(entry) - age))
         headers = self._entry_headers(entry, age)
         headers["Cache-Status"] = f"{CACHE_NAME}; hit; ttl={ttl}"
+        return web.Response(status=entry.status, body=entry.body, headers=headers)
+
+    def validated_response(self, entry: CachedEntry, validated_at: float) -> web.Response:
+        """A stored read past its freshness that a CDC call proved current at `validated_at`.
+
+        It is fresh again for its own freshness from then; `Age` counts from then too, the
+        time QBO last vouched for it (RFC 9111: since it was generated or validated).
+        """
+        now = self._clock.now()
+        age = max(0.0, now - validated_at)
+        ttl = max(0, math.floor(self.freshness(entry) - age))
+        headers = self._entry_headers(entry, age)
+        headers["Cache-Status"] = f"{CACHE_NAME}; hit; ttl={ttl}; detail={CDC_VALIDATED}"
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     def stale_response(

@@ -80,6 +80,10 @@ class EntityFreshness:
         found = _FROM.search(text)
         return found.group(1).lower() if found else "query"
 
+    def all_fresh(self) -> list[float]:
+        """Every freshness in use (the longest bounds how old a fresh read can be)."""
+        return [self.default, *self._per_entity.values()]
+
     def fresh_for(self, rest: str, query: str, body: bytes | None) -> float:
         if not self._per_entity:
             return self.default

@@ -7,6 +7,7 @@ from aiohttp import web
 from qbo_gateway.admission.gate import Admitter
 from qbo_gateway.admission.records import AdmissionPolicy
 from qbo_gateway.admission.retry import RetryBudget, RetryPolicy
+from qbo_gateway.cache.cdc_refresh import CdcRefresher
 from qbo_gateway.cache.read_through import BudgetGuard
 from qbo_gateway.cache.records import CacheBackend
 from qbo_gateway.cache.response_cache import ResponseCache
@@ -21,6 +22,7 @@ from qbo_gateway.proxy.exchange import CallMeter
 from qbo_gateway.proxy.handler import Proxy
 from qbo_gateway.proxy.upstream import Upstream
 from qbo_gateway.settings import Settings
+from qbo_gateway.state.locks import Locks
 from qbo_gateway.tokens.manager import TokenManager
 
 
@@ -78,13 +80,14 @@ def build_proxy(
     observer: Observer,
     meter: CallMeter | None = None,
     guard: BudgetGuard | None = None,
+    locks: Locks | None = None,
 ) -> Proxy:
     freshness = EntityFreshness(
         {**DEFAULT_ENTITY_FRESH, **parse_entity_fresh(settings.cache_entity_fresh_seconds)},
         default=settings.cache_fresh_seconds,
         write_through=settings.cache_write_through_seconds,
     )
-    return Proxy(
+    proxy = Proxy(
         api_base=settings.api_base,
         minor_version=settings.minor_version,
         callers=caller_registry(settings),
@@ -102,6 +105,26 @@ def build_proxy(
         max_body_bytes=settings.max_body_bytes,
         request_timeout=settings.request_timeout_seconds,
     )
+    if locks is not None and settings.cache_cdc_interval_seconds > 0 and cache.enabled:
+        proxy.reads.cdc = CdcRefresher(
+            cache,
+            proxy.caller,
+            locks=locks,
+            clock=clock,
+            metrics=metrics,
+            interval=settings.cache_cdc_interval_seconds,
+            # A read is stored a request's time after QBO answered it, and QBO's clock may
+            # differ from ours: changedSince reaches back this much further.
+            margin=settings.request_timeout_seconds + 30.0,
+            lookback=max(
+                settings.cache_stale_seconds,
+                settings.cache_write_through_seconds,
+                *freshness.all_fresh(),
+            ),
+            request_timeout=settings.request_timeout_seconds,
+            guard=guard,
+        )
+    return proxy
 
 
 def proxy_app(settings: Settings, proxy: Proxy) -> web.Application:
