@@ -106,6 +106,7 @@ async def build_gateway(
         ops_app=ops_listener,
         availability=backends.availability,
         redis=backends.redis,
+        leases=backends.leases,
     )
     await _start(gateway, backends)
     return gateway
@@ -159,6 +160,7 @@ def _backends(core: _Core, redis_prefix: str | None, redis_time: bool) -> StateB
         clock=core.clock,
         script_clock=None if redis_time else core.clock,
         metrics=core.metrics,
+        lease_seconds=settings.admission_lease_seconds,
     )
 
 

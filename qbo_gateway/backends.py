@@ -14,6 +14,7 @@ from pathlib import Path
 from qbo_gateway.admission.backend_memory import MemoryAdmission
 from qbo_gateway.admission.backend_redis import RedisAdmission
 from qbo_gateway.admission.fallback import FallbackAdmission
+from qbo_gateway.admission.leases import LeasedAdmission
 from qbo_gateway.admission.records import AdmissionBackend, AdmissionPolicy
 from qbo_gateway.cache.backend_memory import MemoryCacheBackend
 from qbo_gateway.cache.backend_redis import RedisCacheBackend
@@ -49,6 +50,7 @@ class StateBackends:
     cache: CacheBackend
     health: HealthStore
     meter: MeterBackend
+    leases: LeasedAdmission | None = None  # Redis mode with leasing: its upkeep loop
 
 
 def build_backends(
@@ -65,6 +67,7 @@ def build_backends(
     clock: Clock,
     script_clock: Clock | None,
     metrics: Metrics,
+    lease_seconds: float = 0.0,
 ) -> StateBackends:
     """Each state backend for the mode. `script_clock` None: Redis scripts read Redis TIME."""
     keys = RedisKeys(prefix)
@@ -88,17 +91,24 @@ def build_backends(
         await ping(redis)
 
     availability = BackendAvailability(ping=reachable, metrics=metrics)
+    shared = FallbackAdmission(
+        RedisAdmission(redis, policy, keys=keys, clock=script_clock, lease_seconds=lease_seconds),
+        MemoryAdmission(policy.shared_out(replica_count), clock=clock),
+        availability=availability,
+    )
+    admission: AdmissionBackend = shared
+    leases = None
+    if lease_seconds > 0:
+        leases = LeasedAdmission(shared, policy, clock=clock, lease_seconds=lease_seconds)
+        admission = leases
     return StateBackends(
         redis=redis,
         keys=keys,
         availability=availability,
         tokens=RedisTokenStore(redis, keys, cipher),
         locks=RedisLocks(redis, keys),
-        admission=FallbackAdmission(
-            RedisAdmission(redis, policy, keys=keys, clock=script_clock),
-            MemoryAdmission(policy.shared_out(replica_count), clock=clock),
-            availability=availability,
-        ),
+        admission=admission,
+        leases=leases,
         cache=FallbackCache(
             RedisCacheBackend(redis, keys),
             MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),

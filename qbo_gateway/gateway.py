@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from qbo_gateway.admission.gate import Admitter
+from qbo_gateway.admission.leases import LeasedAdmission
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock
 from qbo_gateway.economy.meter import Meter
@@ -58,6 +59,7 @@ class Gateway:
     ops_app: web.Application
     availability: BackendAvailability
     redis: RedisClient | None = None
+    leases: LeasedAdmission | None = None  # Redis mode: leased admission's upkeep
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     closers: list[Any] = field(default_factory=list)
 
@@ -70,6 +72,8 @@ class Gateway:
                 name="token-refresher",
             )
         )
+        if self.leases is not None:
+            self.background.append(asyncio.create_task(self.leases.run(), name="admission-leases"))
         # A refresh the last process left without an answer is checked now, not at the
         # realm's next refresh hours later.
         self.background.append(
@@ -86,6 +90,9 @@ class Gateway:
         # has not taken by then is in the spill file.
         await self.tokens.drain(drain_timeout)
         await self.admitter.drain()
+        if self.leases is not None:
+            with contextlib.suppress(Exception):  # what is not handed back lapses by itself
+                await self.leases.release_all()
         await self.meter.close()
         await self.health.close()
         for closer in reversed(self.closers):

@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     concurrency_limit: int = Field(10, ge=1)
     batch_limit_per_minute: int = Field(40, ge=1)
     admission_wait_seconds: float = Field(5.0, ge=0)
+    # Redis mode: how long a leased slice of a realm's budget is spent locally (0: no leases)
+    admission_lease_seconds: float = Field(0.5, ge=0, le=1)
     throttle_cooldown_seconds: float = Field(60.0, gt=0)
     retry_budget_ratio: float = Field(0.2, ge=0, le=1)
 

@@ -255,19 +255,25 @@ async def test_throttle_pauses_the_realm_for_every_replica(factory: Any, backend
     assert status == 200
 
 
-async def test_rate_limit_holds_across_three_replicas(redis_factory: Any) -> None:
+# Per request, a burst gets the whole budget; with leases, a slice another replica leased in
+# the same instant and had no more demand for is only handed back after the refusals.
+@pytest.mark.parametrize(("lease", "fewest_ok"), [(0.0, 100), (0.5, 90)])
+async def test_rate_limit_holds_across_three_replicas(
+    redis_factory: Any, lease: float, fewest_ok: int
+) -> None:
     c: Cluster = await redis_factory(
         replicas=3,
         rate_limit_per_minute=100,
         rate_limit_per_second=50,
         admission_wait_seconds=5,
+        admission_lease_seconds=lease,
         cache_stale_seconds=0,  # refusals must show, not be covered by degraded reads
     )
     results = await asyncio.gather(*(c.get(COMPANY, i) for i in range(300)))
     ok = sum(1 for r in results if r[0] == 200)
     refused = [r for r in results if r[0] == 429]
-    assert ok == 100
-    assert len(refused) == 200
+    assert fewest_ok <= ok <= 100
+    assert len(refused) == 300 - ok
     assert all(r[1]["X-QBO-Gateway-Error"] == "GW-RATE-LIMITED" for r in refused)
     times = sorted(r.at for r in c.sim.api_requests)
     assert max(sum(1 for t in times if s <= t < s + 60) for s in times) <= 100
@@ -397,9 +403,12 @@ async def test_skewed_replicas_share_one_rate_window_on_redis_time(
 ) -> None:
     c = skewed_replicas
     results = await asyncio.gather(*(c.get(COMPANY, i % 3) for i in range(30)))
-    # One rolling minute for the fleet, whatever each pod's clock says.
-    assert sorted(r[0] for r in results) == [200] * 20 + [429] * 10
-    assert len(c.sim.api_requests) == 20
+    # One rolling minute for the fleet, whatever each pod's clock says (a slice leased in
+    # the burst and not spent may be refused before it is handed back: never more than 20).
+    ok = sum(1 for r in results if r[0] == 200)
+    assert 15 <= ok <= 20
+    assert sorted(r[0] for r in results) == [200] * ok + [429] * (30 - ok)
+    assert len(c.sim.api_requests) == ok
 
 
 async def test_skewed_replicas_share_one_breaker_on_redis_time(skewed_replicas: Cluster) -> None:

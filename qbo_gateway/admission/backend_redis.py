@@ -2,9 +2,11 @@
 
 One EVALSHA admits a request (cool-down, breaker, concurrency and rate checked and
 reserved atomically by `lua/admit.lua`) and one more records its outcome
-(`lua/record.lua`). Every key of a realm shares its hash tag, so both scripts work on
-Redis Cluster. Time comes from Redis `TIME` (one clock for all replicas) unless a Clock is
-injected (tests), in which case the script gets `now` as an argument. Redis errors become
+(`lua/record.lua`); `lua/lease.lua` leases a slice of a realm's budget to a replica in one
+more (`leases.LeasedAdmission` spends it without asking again). Every key of a realm shares
+its hash tag, so the scripts work on Redis Cluster. Time comes from Redis `TIME` (one clock
+for all replicas) unless a Clock is injected (tests), in which case the script gets `now`
+as an argument. Redis errors become
 `StateUnavailable`, which the fallback wrapper turns into local admission.
 """
 
@@ -22,6 +24,8 @@ from qbo_gateway.admission.records import (
     Admission,
     AdmissionPolicy,
     BreakerState,
+    LeaseAsk,
+    LeaseGrant,
     Outcome,
     RealmLoad,
     RefusalReason,
@@ -59,8 +63,10 @@ class RedisAdmission:
         keys: RedisKeys | None = None,
         clock: Clock | None = None,
         random: Callable[[], float] = _random.random,
+        lease_seconds: float = 0.5,
     ) -> None:
         self.policy = policy
+        self.lease_seconds = lease_seconds  # how long a leased slice may be spent
         self._redis = redis
         self._keys = keys or RedisKeys()
         self._clock = clock
@@ -69,6 +75,7 @@ class RedisAdmission:
         # NOSCRIPT (first use, or after a Redis restart lost its script cache).
         self._admit: AsyncScript = redis.register_script(_script("admit.lua"))
         self._record: AsyncScript = redis.register_script(_script("record.lua"))
+        self._lease: AsyncScript = redis.register_script(_script("lease.lua"))
         # The breaker must outlive the longest open time; past that an idle realm's
         # breaker key expires and the realm starts closed again.
         self._breaker_ttl_ms = int((policy.max_recovery_seconds + policy.lease_seconds) * 2000)
@@ -79,7 +86,7 @@ class RedisAdmission:
         Optional: without it the first EVALSHA of each script loads it on NOSCRIPT.
         """
         try:
-            for script in (self._admit, self._record):
+            for script in (self._admit, self._record, self._lease):
                 script.sha = await self._redis.script_load(script.script)
         except REDIS_DOWN_ERRORS as exc:
             raise StateUnavailable("redis admission unavailable") from exc
@@ -164,6 +171,61 @@ class RedisAdmission:
             raise StateUnavailable("redis admission unavailable") from exc
         moved = _text(reply)
         return BreakerState(moved) if moved else None
+
+    async def lease(self, realm_id: str, holder: str, ask: LeaseAsk) -> LeaseGrant | None:
+        p, k = self.policy, self._keys
+        keys = [
+            k.breaker(realm_id),
+            k.rate(realm_id),
+            k.batch(realm_id),
+            k.inflight(realm_id),
+            k.cooldown(realm_id),
+            k.leasers(realm_id),
+        ]
+        returned = ";".join(f"{r.stamp}:{r.rate}:{r.batch_stamp}:{r.batch}" for r in ask.returned)
+        # Stamps may lie up to a lease past the reservations admit.lua keeps for a minute.
+        keep_ms = int((60 + max(p.max_wait, self.lease_seconds)) * 1000) + 1000
+        args: list[str | int] = [
+            self._now_arg(),
+            holder,
+            ask.rate,
+            ask.batch,
+            ask.members,
+            p.per_minute,
+            p.per_second,
+            p.concurrency,
+            p.batch_per_minute,
+            _us(self.lease_seconds),
+            _us(p.lease_seconds),
+            keep_ms,
+            returned,
+            ",".join(ask.returned_members),
+            ",".join(ask.held_members),
+            f"{holder}:{uuid.uuid4().hex[:12]}:",
+            "" if ask.successes is None else ask.successes,
+        ]
+        try:
+            reply = await self._lease(keys=keys, args=args)
+        except REDIS_DOWN_ERRORS as exc:
+            raise StateUnavailable("redis admission unavailable") from exc
+        refusal, gen, stamp, n_rate, batch_stamp, n_batch, members, lost, _end = reply
+        why = _text(refusal)
+        return LeaseGrant(
+            refusal=RefusalReason(why) if why else None,
+            generation=int(gen),
+            stamp=_text(stamp),
+            rate=int(n_rate),
+            batch_stamp=_text(batch_stamp),
+            batch=int(n_batch),
+            members=tuple(_text(m) for m in members),
+            lost=tuple(_text(m) for m in lost),
+        )
+
+    async def record_successes(self, realm_id: str, generation: int) -> None:
+        """Successes need no lease freed: one record of the newest generation says it all."""
+        await self.record(
+            realm_id, Admission(Verdict.ADMIT, generation=generation), Outcome.SUCCESS
+        )
 
     async def load(self, realm_id: str) -> RealmLoad:
         k = self._keys

@@ -6,6 +6,8 @@ Redis is down, every admit goes to an in-process backend holding this replica's 
 the limits (`policy.shared_out(replica_count)`), without paying a Redis timeout per
 request; the availability probe brings shared state back. An admission handed out by the
 local backend carries a marked lease id so its outcome is recorded where its lease lives.
+Leases (`lease`) come from Redis only: while it is down there is none, and requests take
+the per-request path to the local backend.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from qbo_gateway.admission.records import (
     Admission,
     AdmissionBackend,
     BreakerState,
+    LeaseAsk,
+    LeaseGrant,
+    LeasingBackend,
     Outcome,
     RealmLoad,
 )
@@ -37,7 +42,7 @@ class FallbackAdmission:
 
     def __init__(
         self,
-        primary: AdmissionBackend,
+        primary: LeasingBackend,
         fallback: AdmissionBackend,
         *,
         availability: BackendAvailability,
@@ -81,6 +86,25 @@ class FallbackAdmission:
             self._availability.mark_down(exc.__cause__ or exc)
             log.info("admission_outcome_dropped", realm_id=realm_id, outcome=outcome.value)
             return None
+
+    async def lease(self, realm_id: str, holder: str, ask: LeaseAsk) -> LeaseGrant | None:
+        if not self._availability.up:
+            return None
+        try:
+            grant = await self._primary.lease(realm_id, holder, ask)
+        except StateUnavailable as exc:
+            self._availability.mark_down(exc.__cause__ or exc)
+            return None
+        self._availability.mark_up()
+        return grant
+
+    async def record_successes(self, realm_id: str, generation: int) -> None:
+        if not self._availability.up:
+            return  # lost with the outage, like any outcome then
+        try:
+            await self._primary.record_successes(realm_id, generation)
+        except StateUnavailable as exc:
+            self._availability.mark_down(exc.__cause__ or exc)
 
     async def load(self, realm_id: str) -> RealmLoad:
         if self._availability.up:

@@ -88,6 +88,45 @@ class RealmLoad:
     generation: int
 
 
+@dataclass(frozen=True)
+class LeaseReturn:
+    """Rate slots of one lease a replica hands back unspent (stamps as Redis holds them)."""
+
+    stamp: str
+    rate: int
+    batch_stamp: str = ""
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class LeaseAsk:
+    """One replica's exchange with a realm's shared budget: what it wants, returns, holds."""
+
+    rate: int
+    batch: int = 0
+    members: int = 0  # new concurrency slots wanted
+    returned: tuple[LeaseReturn, ...] = ()
+    returned_members: tuple[str, ...] = ()
+    held_members: tuple[str, ...] = ()  # kept alive for another lease
+    successes: int | None = None  # newest generation of unreported successes
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    """A slice of a realm's budget: `rate` slots stamped at `stamp` (the lease's end), to
+    spend within `lease_seconds` of asking; `members` are concurrency slots now held.
+    `refusal` set: no lease (breaker not closed, or cool-down): use the per-request path."""
+
+    refusal: RefusalReason | None
+    generation: int
+    stamp: str = ""
+    rate: int = 0
+    batch_stamp: str = ""
+    batch: int = 0
+    members: tuple[str, ...] = ()
+    lost: tuple[str, ...] = ()  # held members the shared state no longer had
+
+
 class AdmissionBackend(Protocol):
     """Breaker, rate windows, concurrency leases and cool-down for every realm.
 
@@ -118,3 +157,15 @@ class AdmissionBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class LeasingBackend(AdmissionBackend, Protocol):
+    """A shared backend that can also lease slices of a realm's budget (`leases`)."""
+
+    async def lease(self, realm_id: str, holder: str, ask: LeaseAsk) -> LeaseGrant | None:
+        """One round trip; None when the shared state cannot be reached."""
+        ...
+
+    async def record_successes(self, realm_id: str, generation: int) -> None:
+        """Successes of requests admitted at `generation`, reported together."""
+        ...

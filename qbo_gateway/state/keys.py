@@ -48,6 +48,9 @@ class RedisKeys:
     def cooldown(self, realm_id: str) -> str:
         return self.realm_key(realm_id, "cooldown")
 
+    def leasers(self, realm_id: str) -> str:
+        return self.realm_key(realm_id, "leasers")
+
     # cache
     def cache_entry(self, realm_id: str, key_hash: str) -> str:
         return self.realm_key(realm_id, f"cache:{key_hash}")
