@@ -91,6 +91,8 @@ def build_backends(
         await ping(redis)
 
     availability = BackendAvailability(ping=reachable, metrics=metrics)
+    # No lease may outlive an open circuit into its half-open probe.
+    lease_seconds = min(lease_seconds, policy.recovery_seconds / 2)
     shared = FallbackAdmission(
         RedisAdmission(redis, policy, keys=keys, clock=script_clock, lease_seconds=lease_seconds),
         MemoryAdmission(policy.shared_out(replica_count), clock=clock),
