@@ -1,4 +1,4 @@
-"""Quota leases: several replicas (each its own client) on one real redis-server.
+"""Quota leases: several replicas (each its own client) on one real Redis, of every topology.
 
 Every replica is a `LeasedAdmission` over its own `RedisAdmission`; time is one ManualClock.
 A "send" is the moment a request would reach QBO (its admission time plus any delay, in
@@ -30,6 +30,7 @@ from qbo_gateway.clock import ManualClock
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import RedisClient, make_redis
 from tests.redis_server import RedisServer
+from tests.redis_topologies import REDIS_TARGETS, redis_target
 
 REALM = "9130350000000077"
 LEASE = 0.5
@@ -94,17 +95,18 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture
+@pytest.fixture(params=REDIS_TARGETS)
 async def make_replicas(
-    redis_server: RedisServer, redis_prefix: str, clock: ManualClock
+    request: pytest.FixtureRequest, redis_prefix: str, clock: ManualClock
 ) -> AsyncIterator[Factory]:
     clients: list[RedisClient] = []
     made: list[Replica] = []
+    target = redis_target(request, request.param)
 
     async def make(policy: AdmissionPolicy, n: int = 1) -> list[Replica]:
         out = []
         for i in range(n):
-            client = make_redis(redis_server.url)
+            client = target.client()
             clients.append(client)
             redis = Counted(
                 client, policy, keys=RedisKeys(redis_prefix), clock=clock, lease_seconds=LEASE
