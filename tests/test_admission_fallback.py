@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from qbo_gateway.admission.backend_memory import MemoryAdmission
 from qbo_gateway.admission.backend_redis import RedisAdmission
 from qbo_gateway.admission.fallback import FallbackAdmission
+from qbo_gateway.admission.leases import LeasedAdmission
 from qbo_gateway.admission.records import (
     Admission,
     AdmissionPolicy,
@@ -155,3 +156,39 @@ async def test_slow_redis_falls_back_without_waiting_every_request(redis_prefix:
         await replica.client.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_leases_give_way_to_local_admission_while_redis_is_down(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    clock = ManualClock()
+    replica = build(redis_server.url, redis_prefix, clock)
+    leased = LeasedAdmission(replica.admission, POLICY, clock=clock, lease_seconds=0.5, holder="r1")
+    try:
+        first = await leased.admit(REALM)
+        assert first.lease_id is not None and first.lease_id.startswith("r1:")  # leased
+        await leased.record(REALM, first, Outcome.SUCCESS)
+        redis_server.stop()
+        # The live slice is this replica's to spend: no Redis needed for it.
+        within = await leased.admit(REALM)
+        assert within.lease_id is not None and within.lease_id.startswith("r1:")
+        await leased.record(REALM, within, Outcome.SUCCESS)
+        clock.advance(0.5)  # the lease is over: no new one while Redis is down
+        results = [await leased.admit(REALM) for _ in range(5)]
+        assert all(a.verdict is Verdict.ADMIT and is_local(a) for a in results)
+        assert replica.backend_up() == 0.0
+        for admission in results:
+            await leased.record(REALM, admission, Outcome.SUCCESS)
+        assert (await replica.admission._fallback.load(REALM)).in_flight == 0
+        await leased.tick()  # what is owed to Redis waits for it
+    finally:
+        redis_server.start()
+    assert await replica.availability.check()
+    clock.advance(0.5)
+    back = await leased.admit(REALM)
+    assert back.lease_id is not None and back.lease_id.startswith("r1:")
+    await leased.record(REALM, back, Outcome.SUCCESS)
+    await leased.release_all()
+    assert (await leased.load(REALM)).in_flight == 0
+    await replica.availability.close()
+    await replica.client.aclose()
