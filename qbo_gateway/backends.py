@@ -101,7 +101,9 @@ def build_backends(
     admission: AdmissionBackend = shared
     leases = None
     if lease_seconds > 0:
-        leases = LeasedAdmission(shared, policy, clock=clock, lease_seconds=lease_seconds)
+        leases = LeasedAdmission(
+            shared, policy, clock=clock, lease_seconds=lease_seconds, metrics=metrics
+        )
         admission = leases
     return StateBackends(
         redis=redis,

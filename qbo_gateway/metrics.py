@@ -71,6 +71,12 @@ class Metrics:
             "Requests refused or delayed by admission, by reason",
             "reason",
         )
+        self.admissions = self._counter(
+            "qbo_gateway_admissions",
+            "Admission decisions by path: leased (no round trip), lease_wait (waited for a "
+            "lease), per_request (admit.lua, or the local fallback)",
+            "path",
+        )
         self.stale_served = self._counter(
             "qbo_gateway_stale_served",
             "Reads answered from the cache in degraded mode, by reason",

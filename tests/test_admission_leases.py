@@ -27,6 +27,7 @@ from qbo_gateway.admission.records import (
     Verdict,
 )
 from qbo_gateway.clock import ManualClock
+from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import RedisClient, make_redis
 from tests.redis_server import RedisServer
@@ -71,6 +72,7 @@ class Counted(RedisAdmission):
 class Replica:
     leased: LeasedAdmission
     redis: Counted
+    metrics: Metrics
     sends: list[int] = field(default_factory=list)  # microseconds
     leased_sends: int = 0
 
@@ -111,10 +113,16 @@ async def make_replicas(
             redis = Counted(
                 client, policy, keys=RedisKeys(redis_prefix), clock=clock, lease_seconds=LEASE
             )
+            metrics = Metrics()
             leased = LeasedAdmission(
-                redis, policy, clock=clock, lease_seconds=LEASE, holder=f"replica{i}"
+                redis,
+                policy,
+                clock=clock,
+                lease_seconds=LEASE,
+                holder=f"replica{i}",
+                metrics=metrics,
             )
-            out.append(Replica(leased, redis))
+            out.append(Replica(leased, redis, metrics))
         made.extend(out)
         return out
 
@@ -143,6 +151,11 @@ async def test_a_steady_stream_waits_on_redis_once(
         clock.advance(0.2)
     assert r.redis.calls["lease_waited"] == 1  # the very first request only
     assert r.redis.calls["admit"] == 0 and r.redis.calls["record"] == 0
+    paths = {
+        path: r.metrics.registry.get_sample_value("qbo_gateway_admissions_total", {"path": path})
+        for path in ("leased", "lease_wait", "per_request")
+    }
+    assert paths == {"leased": 99, "lease_wait": 1, "per_request": 0}
     # One lease at least every lease period (it lasts 0.5 s), asked halfway through it.
     assert r.redis.calls["lease"] <= 70
     load = await r.leased.load(REALM)

@@ -44,6 +44,7 @@ from qbo_gateway.admission.records import (
     Verdict,
 )
 from qbo_gateway.clock import Clock
+from qbo_gateway.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +109,7 @@ class LeasedAdmission:
         clock: Clock,
         lease_seconds: float,
         holder: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.policy = policy
         self._inner = inner
@@ -116,6 +118,10 @@ class LeasedAdmission:
         self._holder = holder or uuid.uuid4().hex[:16]
         self._realms: dict[str, _Realm] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        counter = (metrics or Metrics()).admissions
+        self._leased = counter.labels(path="leased")
+        self._lease_wait = counter.labels(path="lease_wait")
+        self._per_request = counter.labels(path="per_request")
 
     @property
     def realms_held(self) -> int:
@@ -132,16 +138,20 @@ class LeasedAdmission:
         now = self._clock.monotonic()
         self._note(r, now, batch)
         admission = self._spend(r, now, batch)
+        counted = self._leased
         if admission is None and now >= r.paused_until:
             await asyncio.shield(self._asking(realm_id, r))
             now = self._clock.monotonic()
             admission = self._spend(r, now, batch)
+            counted = self._lease_wait
         if admission is None and r.busy and self._spendable(r, now, batch):
             # Slots leased but every concurrency slot busy here: one comes back soon, and
             # asking Redis for another rate slot would strand the leased ones.
             return Admission(Verdict.WAIT, delay=WAIT_POLL_SECONDS, generation=r.generation)
         if admission is None:
+            self._per_request.inc()
             return await self._inner.admit(realm_id, batch=batch)
+        counted.inc()
         self._top_up(realm_id, r)
         return admission
 
