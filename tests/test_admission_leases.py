@@ -357,3 +357,22 @@ async def test_leases_work_on_redis_time(redis_server: RedisServer, redis_prefix
         assert (await leased.load(REALM)).in_flight == 0
     finally:
         await client.aclose()
+
+
+async def test_a_per_second_limit_larger_than_a_scan_chunk_is_exact(
+    make_replicas: Factory, clock: ManualClock
+) -> None:
+    policy = AdmissionPolicy(per_minute=10_000, per_second=150, concurrency=1000, max_wait=0)
+    replicas = await make_replicas(policy, 2)
+    for step in range(1500):  # 3 s of requests 2 ms apart, well above 150 a second
+        r = replicas[step % 2]
+        admission = await r.admit(clock)
+        if admission.verdict is Verdict.ADMIT:
+            await r.leased.record(REALM, admission, Outcome.SUCCESS)
+        if step % 10 == 0:
+            await r.leased.drain()
+        clock.advance(0.002)
+    sends = [t for r in replicas for t in r.sends]
+    assert worst_window(sends, 1.0) <= 150
+    assert len(sends) >= 200  # and the budget was used
+    assert sum(r.leased_sends for r in replicas) >= 100

@@ -111,14 +111,19 @@ local function prune(key)
   end
 end
 
--- Stamps later than now - window, counted from the newest (the list is sorted).
+-- Stamps later than `since`, counted from the newest (the list is sorted) a chunk at a
+-- time, so a realm with a large per-second limit costs no more than its last second.
 local function later_than(key, since, limit)
-  local tail = redis.call('LRANGE', key, -limit, -1)
-  local n = 0
-  for _, v in ipairs(tail) do
-    if tonumber(v) > since then n = n + 1 end
+  local n, last = 0, -1
+  while true do
+    local chunk = redis.call('LRANGE', key, last - 63, last)
+    for i = #chunk, 1, -1 do
+      if n >= limit or tonumber(chunk[i]) <= since then return n end
+      n = n + 1
+    end
+    if #chunk < 64 then return n end
+    last = last - 64
   end
-  return n
 end
 
 local function stamp_for(key)
