@@ -93,26 +93,19 @@ def build_backends(
     availability = BackendAvailability(ping=reachable, metrics=metrics)
     # No lease may outlive an open circuit into its half-open probe.
     lease_seconds = min(lease_seconds, policy.recovery_seconds / 2)
-    shared = FallbackAdmission(
-        RedisAdmission(redis, policy, keys=keys, clock=script_clock, lease_seconds=lease_seconds),
-        MemoryAdmission(policy.shared_out(replica_count), clock=clock),
-        availability=availability,
-    )
-    admission: AdmissionBackend = shared
-    leases = None
-    if lease_seconds > 0:
-        leases = LeasedAdmission(
-            shared, policy, clock=clock, lease_seconds=lease_seconds, metrics=metrics
-        )
-        admission = leases
-    return StateBackends(
+    backends = StateBackends(
         redis=redis,
         keys=keys,
         availability=availability,
         tokens=RedisTokenStore(redis, keys, cipher),
         locks=RedisLocks(redis, keys),
-        admission=admission,
-        leases=leases,
+        admission=FallbackAdmission(
+            RedisAdmission(
+                redis, policy, keys=keys, clock=script_clock, lease_seconds=lease_seconds
+            ),
+            MemoryAdmission(policy.shared_out(replica_count), clock=clock),
+            availability=availability,
+        ),
         cache=FallbackCache(
             RedisCacheBackend(redis, keys),
             MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),
@@ -128,3 +121,9 @@ def build_backends(
         # No in-process fallback: while Redis is down the meter keeps its counts pending.
         meter=RedisMeterBackend(redis, keys),
     )
+    shared = backends.admission
+    if lease_seconds > 0 and isinstance(shared, FallbackAdmission):
+        backends.leases = backends.admission = LeasedAdmission(
+            shared, policy, clock=clock, lease_seconds=lease_seconds, metrics=metrics
+        )
+    return backends

@@ -90,11 +90,11 @@ class Gateway:
         # has not taken by then is in the spill file.
         await self.tokens.drain(drain_timeout)
         await self.admitter.drain()
-        if self.leases is not None:
-            with contextlib.suppress(Exception):  # what is not handed back lapses by itself
-                await self.leases.release_all()
         await self.meter.close()
         await self.health.close()
+        if self.leases is not None:  # after the records above: every slot is back here
+            with contextlib.suppress(Exception):  # what is not handed back lapses by itself
+                await self.leases.release_all()
         for closer in reversed(self.closers):
             with contextlib.suppress(Exception):
                 await closer()
