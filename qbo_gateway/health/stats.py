@@ -10,19 +10,47 @@ modules without copies drifting apart.
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 
 from qbo_gateway.admission.records import BreakerState
 from qbo_gateway.clock import Clock
 from qbo_gateway.tokens.records import TokenStatus
 
 _SAMPLES_PER_REALM = 200
-_GLOBAL_SAMPLES = 5000
+_RECENT = 5  # latencies the slow-response rule averages
 _BUCKETS_PER_WINDOW = 96
 
 
 class RealmStats:
-    """One realm's running figures, updated in O(1) per event."""
+    """One realm's running figures, updated in O(1) per event.
+
+    10,000 of these live in a sidecar, so the running window is kept in flat arrays rather
+    than objects per event: latency samples as (time, seconds) pairs in two arrays (the
+    last `_SAMPLES_PER_REALM`, for the p95), and the window's latency sums per bucket in
+    three (only buckets that had a latency), created on the first latency seen.
+    """
+
+    __slots__ = (
+        "_lat",
+        "_p95",
+        "_p95_dirty",
+        "_recent",
+        "breaker",
+        "bucket_seconds",
+        "consecutive_failures",
+        "failure_run_started",
+        "last_check_at",
+        "last_check_ok",
+        "last_failure_at",
+        "last_latency",
+        "last_live_success_at",
+        "last_stale_at",
+        "last_success_at",
+        "latency_n",
+        "latency_sum",
+        "stale_reason",
+        "throttled_until",
+    )
 
     def __init__(self, bucket_seconds: float) -> None:
         self.bucket_seconds = bucket_seconds
@@ -38,47 +66,57 @@ class RealmStats:
         self.stale_reason: str | None = None
         self.throttled_until: float | None = None
         self.breaker = BreakerState.CLOSED
-        self.recent: deque[float] = deque(maxlen=5)
-        self.samples: deque[tuple[float, float]] = deque(maxlen=_SAMPLES_PER_REALM)
-        # [bucket_start, ok, failed, latency_sum, latency_n]
-        self.buckets: deque[list[float]] = deque()
-        self.ok = 0
-        self.failed = 0
         self.latency_sum = 0.0
         self.latency_n = 0
+        self._recent: array[float] | None = None  # the last `_RECENT` latencies
+        self._lat: _Latencies | None = None
         self._p95: float | None = None
         self._p95_dirty = False
 
     def add(self, at: float, ok: bool, latency: float | None) -> None:
+        if latency is None or latency <= 0:
+            return
+        lat = self._lat
+        if lat is None:
+            lat = self._lat = _Latencies()
+            self._recent = array("d")
         start = at - (at % self.bucket_seconds)
-        if not self.buckets or self.buckets[-1][0] != start:
-            self.buckets.append([start, 0, 0, 0.0, 0])
-        bucket = self.buckets[-1]
-        if ok:
-            bucket[1] += 1
-            self.ok += 1
-        else:
-            bucket[2] += 1
-            self.failed += 1
-        if latency is not None and latency > 0:
-            bucket[3] += latency
-            bucket[4] += 1
-            self.latency_sum += latency
-            self.latency_n += 1
-            self.samples.append((at, latency))
-            self.recent.append(latency)
-            self.last_latency = latency
-            self._p95_dirty = True
+        if not lat.starts or lat.starts[-1] != start:
+            lat.starts.append(start)
+            lat.sums.append(0.0)
+            lat.counts.append(0)
+        lat.sums[-1] += latency
+        lat.counts[-1] += 1
+        self.latency_sum += latency
+        self.latency_n += 1
+        lat.sample_at.append(at)
+        lat.sample_s.append(latency)
+        if len(lat.sample_at) > _SAMPLES_PER_REALM:
+            del lat.sample_at[0], lat.sample_s[0]
+        recent = self._recent
+        assert recent is not None
+        recent.append(latency)
+        if len(recent) > _RECENT:
+            del recent[0]
+        self.last_latency = latency
+        self._p95_dirty = True
 
     def trim(self, cutoff: float) -> None:
-        while self.buckets and self.buckets[0][0] + self.bucket_seconds <= cutoff:
-            _, ok, failed, lat_sum, lat_n = self.buckets.popleft()
-            self.ok -= int(ok)
-            self.failed -= int(failed)
-            self.latency_sum -= lat_sum
-            self.latency_n -= int(lat_n)
-        while self.samples and self.samples[0][0] < cutoff:
-            self.samples.popleft()
+        lat = self._lat
+        if lat is None:
+            return
+        gone = 0
+        while gone < len(lat.starts) and lat.starts[gone] + self.bucket_seconds <= cutoff:
+            self.latency_sum -= lat.sums[gone]
+            self.latency_n -= lat.counts[gone]
+            gone += 1
+        if gone:
+            del lat.starts[:gone], lat.sums[:gone], lat.counts[:gone]
+        old = 0
+        while old < len(lat.sample_at) and lat.sample_at[old] < cutoff:
+            old += 1
+        if old:
+            del lat.sample_at[:old], lat.sample_s[:old]
             self._p95_dirty = True
 
     def avg_latency(self) -> float | None:
@@ -86,12 +124,27 @@ class RealmStats:
 
     def p95_latency(self) -> float | None:
         if self._p95_dirty:
-            self._p95 = percentile([s for _, s in self.samples], 0.95)
+            samples = [] if self._lat is None else list(self._lat.sample_s)
+            self._p95 = percentile(samples, 0.95)
             self._p95_dirty = False
         return self._p95
 
     def recent_avg(self) -> float | None:
-        return sum(self.recent) / len(self.recent) if self.recent else None
+        recent = self._recent
+        return sum(recent) / len(recent) if recent else None
+
+
+class _Latencies:
+    """A realm's latencies within the window, as flat arrays (see `RealmStats`)."""
+
+    __slots__ = ("counts", "sample_at", "sample_s", "starts", "sums")
+
+    def __init__(self) -> None:
+        self.starts = array("d")  # bucket start times
+        self.sums = array("d")  # latency sum of each bucket
+        self.counts = array("I")  # latencies in each bucket
+        self.sample_at = array("d")
+        self.sample_s = array("f")  # seconds; single precision is plenty for a p95
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -113,7 +166,6 @@ class RealmTable:
         self.tokens: dict[str, TokenStatus] = {}
         self.realms: set[str] = set()
         self.realms_loaded_at: float | None = None
-        self.global_samples: deque[tuple[float, float]] = deque(maxlen=_GLOBAL_SAMPLES)
         self.started_at = clock.now()
 
     def stats_for(self, realm_id: str) -> RealmStats:

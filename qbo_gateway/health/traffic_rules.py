@@ -114,8 +114,6 @@ class TrafficRules:
         stats.trim(now - self.table.history_seconds)
         went_upstream = outcome == "upstream"
         stats.add(now, verdict, latency if went_upstream else None)
-        if went_upstream and latency > 0:
-            self.table.global_samples.append((now, latency))
         if probe:
             stats.last_check_at, stats.last_check_ok = now, verdict
         live_ok = verdict and not probe

@@ -6,9 +6,11 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenRecord:
-    """One realm's OAuth tokens. `version` grows by one with every stored change."""
+    """One realm's OAuth tokens. `version` grows by one with every stored change.
+
+    Slots: the process keeps one per realm it has served (`local_copy`)."""
 
     realm_id: str
     access_token: str
@@ -77,9 +79,11 @@ class TokenStore(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenStatus:
-    """A realm's token health, without any secret: for the health API and `tokens list`."""
+    """A realm's token health, without any secret: for the health API and `tokens list`.
+
+    Slots: the health table keeps one per stored realm."""
 
     realm_id: str
     access_expires_at: float
