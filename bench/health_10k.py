@@ -61,9 +61,6 @@ def build(realms: int) -> tuple[Health, ManualClock, list[str]]:
         for i, r in enumerate(ids)
     }
 
-    async def realm_ids() -> list[str]:
-        return ids
-
     async def token_statuses() -> list[TokenStatus]:
         return list(tokens.values())
 
@@ -82,7 +79,6 @@ def build(realms: int) -> tuple[Health, ManualClock, list[str]]:
         clock=clock,
         metrics=Metrics(CollectorRegistry()),
         sources=HealthSources(
-            realm_ids=realm_ids,
             token_statuses=token_statuses,
             token_status=token_status,
             load=load,

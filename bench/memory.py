@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.servers import ROOT, Fleet, gateway_env, rss_mb
 from qbo_gateway.health.bucket_ring import BucketRing
 from qbo_gateway.health.buckets import Counts
+from qbo_gateway.health.recent_events import RecentEvents
 from qbo_gateway.health.stats import RealmStats
 from qbo_gateway.health.store_memory import RECENT_EVENTS, HistoryEntry
 from qbo_gateway.state.keys import RedisKeys
@@ -272,27 +273,29 @@ def gateways(args: argparse.Namespace, mode: str) -> None:
 # -- 4. one realm's health state -------------------------------------------------------
 
 
-def _probe(stats: RealmStats, ring: BucketRing, events: list[HistoryEntry], at: float) -> None:
+def _probe(stats: RealmStats, ring: BucketRing, events: RecentEvents, rid: str, at: float) -> None:
     latency = 0.31
     stats.trim(at - DAY)
     stats.add(at, True, latency)
     counts: Counts = {"req": 1, "ok": 1, "chk_ok": 1, "lat_ms": 310, "h2": 1}
     ring.add(int(at // BUCKET), counts)
-    events.append(HistoryEntry(at, "check", True, 200, latency, "upstream"))
-    del events[: max(0, len(events) - RECENT_EVENTS)]
+    entry = HistoryEntry(at, "check", True, 200, latency, "upstream")
+    events.add(rid, [entry.row()], cutoff=at - DAY)
 
 
-def _request(stats: RealmStats, ring: BucketRing, events: list[HistoryEntry], at: float) -> None:
+def _request(
+    stats: RealmStats, ring: BucketRing, events: RecentEvents, rid: str, at: float
+) -> None:
     latency = 0.12
     stats.trim(at - DAY)
     stats.add(at, True, latency)
     counts: Counts = {"req": 1, "ok": 1, "lat_ms": 120, "h1": 1}
     ring.add(int(at // BUCKET), counts)
-    events.append(HistoryEntry(at, "request", True, 200, latency, "upstream", live=True))
-    del events[: max(0, len(events) - RECENT_EVENTS)]
+    entry = HistoryEntry(at, "request", True, 200, latency, "upstream", live=True)
+    events.add(rid, [entry.row()], cutoff=at - DAY)
 
 
-Step = Callable[[RealmStats, BucketRing, list[HistoryEntry], float], None]
+Step = Callable[[RealmStats, BucketRing, RecentEvents, str, float], None]
 
 
 PARTS = ("stats", "buckets", "events")
@@ -306,11 +309,15 @@ def health_cost(step: Step, every: float, count: int, realms: int = 500) -> dict
         kept: list[object] = []
         tracemalloc.start()
         base = tracemalloc.take_snapshot()
-        for _ in range(realms):
-            stats, ring, events = RealmStats(DAY / 96), BucketRing(DAY // BUCKET + 1), []
+        events = RecentEvents(RECENT_EVENTS)  # one for all realms, as in the store
+        for n in range(realms):
+            stats, ring = RealmStats(DAY / 96), BucketRing(DAY // BUCKET + 1)
+            rid = str(9_100_000_000 + n)
             for i in range(count):
-                step(stats, ring, events, 1_800_000_000.0 + i * every)
-            kept.append({"stats": stats, "buckets": ring, "events": events}[part])
+                step(stats, ring, events, rid, 1_800_000_000.0 + i * every)
+            kept.append({"stats": stats, "buckets": ring, "events": None}[part])
+        if part != "events":
+            del events
         grown = tracemalloc.take_snapshot().compare_to(base, "filename")
         tracemalloc.stop()
         cost[part] = sum(s.size_diff for s in grown) / realms

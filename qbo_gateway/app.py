@@ -179,9 +179,6 @@ class _LateBound:
         assert self.path is not None, "bound in build_gateway, before anything runs"
         await self.path.proxy.probe(realm_id)
 
-    async def realm_ids(self) -> list[str]:
-        return await self._manager().realm_ids()
-
     async def token_statuses(self) -> list[TokenStatus]:
         return await self._manager().statuses()
 
@@ -197,7 +194,6 @@ def _health(core: _Core, backends: StateBackends, late: _LateBound) -> Health:
         clock=core.clock,
         metrics=core.metrics,
         sources=HealthSources(
-            realm_ids=late.realm_ids,
             token_statuses=late.token_statuses,
             token_status=late.token_status,
             load=backends.admission.load,

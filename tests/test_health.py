@@ -66,9 +66,6 @@ class FakeGateway:
         )
         self.tokens[realm_id] = replace(status, **changes)  # type: ignore[arg-type]
 
-    async def realm_ids(self) -> list[str]:
-        return sorted(self.tokens)
-
     async def token_statuses(self) -> list[TokenStatus]:
         return list(self.tokens.values())
 
@@ -112,7 +109,6 @@ def make_monitor(
         clock=gw.clock,
         metrics=metrics or Metrics(CollectorRegistry()),
         sources=HealthSources(
-            realm_ids=gw.realm_ids,
             token_statuses=gw.token_statuses,
             token_status=gw.token_status,
             load=gw.load,

@@ -25,16 +25,19 @@ class RealmStats:
     """One realm's running figures, updated in O(1) per event.
 
     10,000 of these live in a sidecar, so the running window is kept in flat arrays rather
-    than objects per event: latency samples as (time, seconds) pairs in two arrays (the
-    last `_SAMPLES_PER_REALM`, for the p95), and the window's latency sums per bucket in
-    three (only buckets that had a latency), created on the first latency seen.
+    than objects per event, created on the first latency seen: the window's latency sums
+    per bucket (start, sum, count; only buckets that had a latency), the last
+    `_SAMPLES_PER_REALM` latency samples (times, seconds) for the p95, and the last
+    `_RECENT` latencies for the slow-response rule.
     """
 
     __slots__ = (
-        "_lat",
+        "_buckets",
         "_p95",
         "_p95_dirty",
         "_recent",
+        "_sample_at",
+        "_sample_s",
         "breaker",
         "bucket_seconds",
         "consecutive_failures",
@@ -68,33 +71,38 @@ class RealmStats:
         self.breaker = BreakerState.CLOSED
         self.latency_sum = 0.0
         self.latency_n = 0
-        self._recent: array[float] | None = None  # the last `_RECENT` latencies
-        self._lat: _Latencies | None = None
+        self._buckets: array[float] | None = None  # start, sum, count; three per bucket
+        self._sample_at: array[float] | None = None
+        self._sample_s: array[float] | None = None  # single precision: plenty for a p95
+        self._recent: array[float] | None = None
         self._p95: float | None = None
         self._p95_dirty = False
 
     def add(self, at: float, ok: bool, latency: float | None) -> None:
         if latency is None or latency <= 0:
             return
-        lat = self._lat
-        if lat is None:
-            lat = self._lat = _Latencies()
-            self._recent = array("d")
+        buckets, sample_at, sample_s, recent = (
+            self._buckets,
+            self._sample_at,
+            self._sample_s,
+            self._recent,
+        )
+        if buckets is None or sample_at is None or sample_s is None or recent is None:
+            buckets = self._buckets = array("d")
+            sample_at = self._sample_at = array("d")
+            sample_s = self._sample_s = array("f")
+            recent = self._recent = array("d")
         start = at - (at % self.bucket_seconds)
-        if not lat.starts or lat.starts[-1] != start:
-            lat.starts.append(start)
-            lat.sums.append(0.0)
-            lat.counts.append(0)
-        lat.sums[-1] += latency
-        lat.counts[-1] += 1
+        if not buckets or buckets[-3] != start:
+            buckets.extend((start, 0.0, 0.0))
+        buckets[-2] += latency
+        buckets[-1] += 1
         self.latency_sum += latency
         self.latency_n += 1
-        lat.sample_at.append(at)
-        lat.sample_s.append(latency)
-        if len(lat.sample_at) > _SAMPLES_PER_REALM:
-            del lat.sample_at[0], lat.sample_s[0]
-        recent = self._recent
-        assert recent is not None
+        sample_at.append(at)
+        sample_s.append(latency)
+        if len(sample_at) > _SAMPLES_PER_REALM:
+            del sample_at[0], sample_s[0]
         recent.append(latency)
         if len(recent) > _RECENT:
             del recent[0]
@@ -102,21 +110,21 @@ class RealmStats:
         self._p95_dirty = True
 
     def trim(self, cutoff: float) -> None:
-        lat = self._lat
-        if lat is None:
+        buckets, sample_at, sample_s = self._buckets, self._sample_at, self._sample_s
+        if buckets is None or sample_at is None or sample_s is None:
             return
         gone = 0
-        while gone < len(lat.starts) and lat.starts[gone] + self.bucket_seconds <= cutoff:
-            self.latency_sum -= lat.sums[gone]
-            self.latency_n -= lat.counts[gone]
-            gone += 1
+        while gone < len(buckets) and buckets[gone] + self.bucket_seconds <= cutoff:
+            self.latency_sum -= buckets[gone + 1]
+            self.latency_n -= int(buckets[gone + 2])
+            gone += 3
         if gone:
-            del lat.starts[:gone], lat.sums[:gone], lat.counts[:gone]
+            del buckets[:gone]
         old = 0
-        while old < len(lat.sample_at) and lat.sample_at[old] < cutoff:
+        while old < len(sample_at) and sample_at[old] < cutoff:
             old += 1
         if old:
-            del lat.sample_at[:old], lat.sample_s[:old]
+            del sample_at[:old], sample_s[:old]
             self._p95_dirty = True
 
     def avg_latency(self) -> float | None:
@@ -124,7 +132,7 @@ class RealmStats:
 
     def p95_latency(self) -> float | None:
         if self._p95_dirty:
-            samples = [] if self._lat is None else list(self._lat.sample_s)
+            samples = [] if self._sample_s is None else list(self._sample_s)
             self._p95 = percentile(samples, 0.95)
             self._p95_dirty = False
         return self._p95
@@ -132,19 +140,6 @@ class RealmStats:
     def recent_avg(self) -> float | None:
         recent = self._recent
         return sum(recent) / len(recent) if recent else None
-
-
-class _Latencies:
-    """A realm's latencies within the window, as flat arrays (see `RealmStats`)."""
-
-    __slots__ = ("counts", "sample_at", "sample_s", "starts", "sums")
-
-    def __init__(self) -> None:
-        self.starts = array("d")  # bucket start times
-        self.sums = array("d")  # latency sum of each bucket
-        self.counts = array("I")  # latencies in each bucket
-        self.sample_at = array("d")
-        self.sample_s = array("f")  # seconds; single precision is plenty for a p95
 
 
 def percentile(values: list[float], q: float) -> float | None:

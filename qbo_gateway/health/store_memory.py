@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 from qbo_gateway.health.bucket_ring import BucketRing
 from qbo_gateway.health.buckets import Series
+from qbo_gateway.health.recent_events import RecentEvents, Row
 
 Severity = Literal["warning", "critical"]
 AlertState = Literal["active", "acknowledged", "resolved"]
@@ -28,8 +29,8 @@ SEVERITY_RANK: dict[str, int] = {"warning": 1, "critical": 2}
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    """One check or request outcome of a realm, as kept in its history (slots: a realm
-    keeps up to `RECENT_EVENTS` of these in process)."""
+    """One check or request outcome of a realm, as kept in its history (in process, packed
+    by `recent_events`)."""
 
     at: float  # epoch seconds
     source: str  # check | request | breaker | stale
@@ -41,6 +42,9 @@ class HistoryEntry:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+    def row(self) -> Row:
+        return (self.at, self.source, self.ok, self.status, self.latency, self.detail, self.live)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> HistoryEntry:
@@ -186,9 +190,7 @@ class MemoryHealthStore:
         self._slots = math.ceil(history_seconds / bucket_seconds) + 1
         self._rings: dict[str, BucketRing] = {}
         self._fleet = BucketRing(self._slots, wide=True)
-        # A list, not a deque: an empty deque alone takes 600 bytes, and 10,000 realms each
-        # keep one; trimming the front of at most `recent_events` entries is cheap.
-        self._history: dict[str, list[HistoryEntry]] = {}
+        self._history = RecentEvents(recent_events)
         self._last_live_ok: dict[str, float] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._alerts: dict[str, AlertRecord] = {}
@@ -197,26 +199,15 @@ class MemoryHealthStore:
     async def record(self, entries: dict[str, list[HistoryEntry]], *, now: float) -> None:
         cutoff = now - self.history_seconds
         for realm_id, items in entries.items():
-            ring = self._history.get(realm_id)
-            if ring is None:
-                ring = self._history[realm_id] = []
             for entry in items:
-                ring.append(entry)
                 if entry.live and entry.ok:
                     self._last_live_ok[realm_id] = max(
                         entry.at, self._last_live_ok.get(realm_id, 0.0)
                     )
-            old = max(0, len(ring) - self.max_entries)
-            while old < len(ring) and ring[old].at < cutoff:
-                old += 1
-            if old:
-                del ring[:old]
+            self._history.add(realm_id, (entry.row() for entry in items), cutoff=cutoff)
 
     async def history(self, realm_id: str, *, since: float, limit: int) -> list[HistoryEntry]:
-        ring = self._history.get(realm_id)
-        if not ring:
-            return []
-        kept = [e for e in ring if e.at >= since]
+        kept = [HistoryEntry(*row) for row in self._history.rows(realm_id) if row[0] >= since]
         return kept[-limit:] if limit > 0 else []
 
     async def add_counts(self, realms: dict[str, Series], fleet: Series, *, now: float) -> None:

@@ -45,7 +45,6 @@ class HealthSources:
     """What health asks of the rest of the gateway (the root binds these late: the proxy
     and token manager are built after the observer they report to)."""
 
-    realm_ids: Callable[[], Awaitable[list[str]]]
     token_statuses: Callable[[], Awaitable[list[TokenStatus]]]
     token_status: Callable[[str], Awaitable[TokenStatus | None]]
     load: Callable[[str], Awaitable[RealmLoad]]
@@ -172,7 +171,6 @@ def build_health(
         history=history,
         clock=clock,
         thresholds=options.thresholds,
-        realm_ids=sources.realm_ids,
         token_statuses=sources.token_statuses,
         status_cache_seconds=options.status_cache_seconds,
     )

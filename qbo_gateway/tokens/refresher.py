@@ -21,7 +21,7 @@ from qbo_gateway.tokens.coordinator import RefreshCoordinator
 from qbo_gateway.tokens.local_copy import TokenMemory
 from qbo_gateway.tokens.outcomes import RefreshOutcomes
 from qbo_gateway.tokens.policy import Mode, RefreshPolicy
-from qbo_gateway.tokens.records import TokenRecord, TokenStore
+from qbo_gateway.tokens.records import TokenStore
 
 log = structlog.get_logger(__name__)
 
@@ -66,18 +66,23 @@ class BackgroundRefresher:
             and self._policy.is_due(r)
             and not self._outcomes.cooling(r, now)
         ]
-        gate = asyncio.Semaphore(CONCURRENT_REFRESHES)
+        todo = iter(due)
+        refreshed = 0
 
-        async def one(record: TokenRecord) -> bool:
-            async with gate:
+        async def worker() -> None:
+            # A few workers over one list, not a task per due realm: 10,000 realms due at
+            # once (after a long outage) would otherwise be 10,000 tasks in memory.
+            nonlocal refreshed
+            for record in todo:
                 try:
                     fresh = await self._coordinator.refresh(record.realm_id, Mode.DUE)
                 except GatewayError:
-                    return False
-                return fresh.version > record.version and not fresh.needs_reconnect
+                    continue
+                if fresh.version > record.version and not fresh.needs_reconnect:
+                    refreshed += 1
 
-        results = await asyncio.gather(*(one(r) for r in due))
-        return sum(results)
+        await asyncio.gather(*(worker() for _ in range(min(CONCURRENT_REFRESHES, len(due)))))
+        return refreshed
 
     async def run(self, interval: float) -> None:
         while True:
