@@ -59,7 +59,11 @@ class TokenMemory:
         """`record` is what the store holds (it answered or acknowledged it)."""
         realm_id = record.realm_id
         hit = self._cache.get(realm_id)
-        if hit is None or not is_newer(hit[0], record):
+        if hit is not None and hit[0] == record:
+            # The same pair read again (every listing reads them all): keep the copy held,
+            # so the new one dies young instead of scattering 10,000 records over the heap.
+            self._cache[realm_id] = (hit[0], self._clock.monotonic())
+        elif hit is None or not is_newer(hit[0], record):
             self._cache[realm_id] = (record, self._clock.monotonic())
         self._high_water[realm_id] = max(record.version, self._high_water.get(realm_id, 0))
 
