@@ -2,14 +2,16 @@
 
 Replays one simulated hour of several services' traffic over 1,000 realms through a whole
 gateway (embedded mode) in front of the simulator, both on local sockets, with the economy
-off (no write-through, no per-entity freshness, no guard), on without the guard, and on
-(defaults):
+off (no write-through, no per-entity freshness, no CDC refresh, no guard), on without the
+guard, and on (defaults, CDC refresh included); then, without the guard and with customers
+and invoices fresh for a minute, without and with CDC refresh (what renewing expired entity
+reads with one CDC call per realm saves over reading each again):
 
 - a billing service reading the same customers and invoices again and again,
 - an order service creating and updating customers and reading them right after,
 - every service looking up reference data (accounts, terms),
-- customer edits made in QuickBooks itself (not through the gateway), which is what can
-  make an answer from the cache stale.
+- customer edits made in QuickBooks itself (not through the gateway, but seen by QBO's
+  change data capture), which is what can make an answer from the cache stale.
 
 It reports CorePlus calls per hour in each run (the gateway's own meter), the saving, the
 stale-answer rate (answers from the cache that differ from what QBO held at that moment)
@@ -51,7 +53,11 @@ OFF = {
     "cache_write_through_seconds": 0,
     "cache_entity_fresh_seconds": ",".join(f"{name}=0" for name in DEFAULT_ENTITY_FRESH),
     "coreplus_guard": "off",
+    "cache_cdc_interval_seconds": 0,
 }
+# Customers and invoices fresh for a minute: entity reads that CDC refresh can renew (the
+# guard off, so that answers from the cache are only what freshness and CDC allow).
+ENTITY_FRESH = {"cache_entity_fresh_seconds": "customer=60,invoice=60", "coreplus_guard": "off"}
 
 
 @dataclass
@@ -177,10 +183,7 @@ async def step(run: Run, rng: random.Random) -> str:
         await read(run, realm, "query?query=select%20*%20from%20Customer%20maxresults%2010", None)
         return "customer_query"
     # Someone edits a customer in QuickBooks itself: the gateway never sees it.
-    found = run.sim.entity(realm, "Customer", hot)
-    if found is not None:
-        found["DisplayName"] = f"Edited {rng.random()}"
-        found["SyncToken"] = str(int(found["SyncToken"]) + 1)
+    run.sim.edit(realm, "Customer", hot, {"DisplayName": f"Edited {rng.random()}"})
     return "edit_in_quickbooks"
 
 
@@ -197,8 +200,10 @@ async def replay(overrides: dict[str, Any], args: argparse.Namespace) -> dict[st
                 run.clock.advance(tick)
             await run.gateway.meter.drained()
             month = run.gateway.meter.figures()
+            cdc_calls = sum(1 for r in run.sim.api_requests if r.path.endswith("/cdc"))
             return {
                 "coreplus_per_hour": month.used,
+                "cdc_calls": cdc_calls,
                 "answers": run.tally.answers,
                 "from_cache": run.tally.from_cache,
                 "stale_answers": run.tally.stale,
@@ -228,6 +233,8 @@ async def main(args: argparse.Namespace) -> None:
     # answers what is stored while the month is heading past the cap.
     spend_fewer = await replay({"coreplus_guard": "off"}, args)
     on = await replay({}, args)
+    fresh_no_cdc = await replay({**ENTITY_FRESH, "cache_cdc_interval_seconds": 0}, args)
+    fresh_cdc = await replay(ENTITY_FRESH, args)
     saving = 1 - on["coreplus_per_hour"] / max(1, off["coreplus_per_hour"])
     print(
         json.dumps(
@@ -238,6 +245,15 @@ async def main(args: argparse.Namespace) -> None:
                 "on_without_guard": spend_fewer,
                 "on": on,
                 "saving": round(saving, 4),
+                "entity_fresh_60s_without_cdc": fresh_no_cdc,
+                "entity_fresh_60s_with_cdc": fresh_cdc,
+                "saving_fresh_60s_with_cdc": round(
+                    1 - fresh_cdc["coreplus_per_hour"] / max(1, off["coreplus_per_hour"]), 4
+                ),
+                "cdc_saving_over_fresh_60s": round(
+                    1 - fresh_cdc["coreplus_per_hour"] / max(1, fresh_no_cdc["coreplus_per_hour"]),
+                    4,
+                ),
                 "probe_spend_idle_fleet": probe_spend(10_000),
             },
             indent=2,

@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from prometheus_client import CollectorRegistry
 
+from qbo_gateway.app import build_gateway
 from qbo_gateway.cache.cdc_answer import cdc_entity, cdc_query, parse_cdc
 from qbo_gateway.cache.cdc_refresh import CDC_CALLER
 from qbo_gateway.economy.records import CALLER_PREFIX
 from qbo_gateway.simulator.data import write
 from tests.cache_rig import Rig, start_rig
-from tests.harness import REALM
+from tests.harness import REALM, settings_for
 from tests.redis_server import RedisServer
 
 KEYS = Fernet.generate_key().decode()
@@ -243,3 +245,38 @@ def test_what_cdc_can_vouch_for() -> None:
         ("customer", "1"): {"Id": "1", "DisplayName": "A"},
         ("invoice", "2"): None,
     }
+
+
+async def test_replicas_share_the_proof_and_one_call(
+    aiohttp_server: Any, tmp_path: Path, redis_server: RedisServer, redis_prefix: str
+) -> None:
+    values: dict[str, Any] = {
+        "cache_fresh_seconds": FRESH,
+        "cache_write_through_seconds": 0,
+        "redis_url": redis_server.url,
+        "token_keys": KEYS,
+    }
+    first = await start_rig(aiohttp_server, tmp_path / "a", redis_prefix, **values)
+    sim_url = first.gateway.settings.api_base_url
+    second_gw = await build_gateway(
+        settings_for(sim_url, tmp_path / "b", **values),
+        clock=first.clock,
+        registry=CollectorRegistry(),
+        redis_prefix=redis_prefix,
+    )
+    server = await aiohttp_server(second_gw.proxy_app)
+    second_url = str(server.make_url("")).rstrip("/")
+    try:
+        await cache_customers(first, range(1, 6))
+        first.clock.advance(FRESH + 1)
+        status, headers, _ = await first.get("customer/1")
+        assert (status, headers["Cache-Status"]) == (200, VALIDATED)
+        # The other replica finds the realm's proof in Redis: no call of its own.
+        for n in range(2, 6):
+            async with first.session.get(f"{second_url}/v3/company/{REALM}/customer/{n}") as resp:
+                assert resp.status == 200
+                assert resp.headers["Cache-Status"] == VALIDATED
+        assert (gets(first, "/cdc"), gets(first, "/customer/")) == (1, 5)
+    finally:
+        await second_gw.close()
+        await first.close()
