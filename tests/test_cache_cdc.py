@@ -280,3 +280,23 @@ async def test_replicas_share_the_proof_and_one_call(
     finally:
         await second_gw.close()
         await first.close()
+
+
+async def test_a_call_more_than_30_days_after_the_last_sends_older_reads_to_qbo(
+    make: MakeRig,
+) -> None:
+    rig = await make(cache_stale_seconds=40 * 86400)
+    await cache_customers(rig, range(1, 3))
+    rig.clock.advance(FRESH + 1)
+    status, headers, _ = await rig.get("customer/1")
+    assert headers["Cache-Status"] == VALIDATED
+    rig.clock.advance(31 * 86400)
+    # QBO looks back 30 days at most: the call asks from there, and cannot vouch for reads
+    # stored before it, which go to QBO once more.
+    for _ in range(2):
+        status, headers, _ = await rig.get("customer/2")
+        assert status == 200
+    assert headers["Cache-Status"].startswith("qbo-gateway; hit; ttl=60")
+    assert "cdc-validated" not in headers["Cache-Status"]
+    assert (gets(rig, "/cdc"), gets(rig, "/customer/")) == (2, 3)
+    assert rig.metric("qbo_gateway_cache_events_total", {"event": "cdc_failed"}) == 0
