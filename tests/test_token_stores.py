@@ -156,6 +156,18 @@ async def test_durability_reports(store: TokenStore, request: pytest.FixtureRequ
 # --- encryption at rest and realm binding ---------------------------------------------
 
 
+async def test_sqlite_lists_every_realm_a_page_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("qbo_gateway.tokens.store_sqlite._PAGE", 3)
+    store = SqliteTokenStore.in_dir(tmp_path, TokenCipher(KEY))
+    realms = [str(1001 + n) for n in range(8)]
+    for realm in reversed(realms):
+        await store.put(record(realm), expected_version=None)
+    assert [r.realm_id for r in await store.list_records()] == realms
+    await store.close()
+
+
 async def test_sqlite_file_and_wal_hold_no_plain_token(tmp_path: Path) -> None:
     store = SqliteTokenStore.in_dir(tmp_path, TokenCipher(KEY))
     stored = await store.put(record(), expected_version=None)

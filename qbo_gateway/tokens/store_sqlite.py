@@ -19,6 +19,7 @@ from qbo_gateway.tokens.crypto import TokenCipher, TokenDecryptError, open_recor
 from qbo_gateway.tokens.records import TokenRecord, is_newer
 
 DB_FILE_NAME = "tokens.sqlite3"
+_PAGE = 500  # records read at once by a listing
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -145,21 +146,29 @@ class SqliteTokenStore:
         return cursor.rowcount > 0
 
     async def list_records(self) -> list[TokenRecord]:
-        rows = await asyncio.to_thread(self._select_all)
+        # Read a page at a time: the ciphertexts of 10,000 realms at once would only raise
+        # the process's high-water mark, the records are what the caller keeps.
         out: list[TokenRecord] = []
-        for realm_id, version, blob in rows:
-            try:
-                out.append(self._open(realm_id, (version, blob)))
-            except TokenDecryptError:
-                # One unreadable record must not hide every other realm; get() reports it.
-                continue
+        after = ""
+        while rows := await asyncio.to_thread(self._select_page, after):
+            for realm_id, version, blob in rows:
+                try:
+                    out.append(self._open(realm_id, (version, blob)))
+                except TokenDecryptError:
+                    # One unreadable record must not hide every other realm; get() reports it.
+                    continue
+            after = rows[-1][0]
         return out
 
-    def _select_all(self) -> list[tuple[str, int, bytes]]:
+    def _select_page(self, after: str) -> list[tuple[str, int, bytes]]:
         with self._lock:
             rows = (
                 self._conn()
-                .execute("SELECT realm_id, version, record FROM tokens ORDER BY realm_id")
+                .execute(
+                    "SELECT realm_id, version, record FROM tokens WHERE realm_id > ? "
+                    "ORDER BY realm_id LIMIT ?",
+                    (after, _PAGE),
+                )
                 .fetchall()
             )
         return [(str(r[0]), int(r[1]), bytes(r[2])) for r in rows]
