@@ -9,7 +9,8 @@ Resident memory (VmRSS from /proc) of real gateway processes, nginx as QBO:
    seconds idle (the periodic reads of every stored record settle the allocator);
    after `--unknown` requests for realm ids it has no tokens for (they must leave nothing);
 3. embedded only: after `--reads` distinct small reads stored in its cache, RSS growth
-   against the cache's own byte gauge (the bound is only worth what the gauge counts);
+   against the cache's own byte gauge (the bound is only worth what the gauge counts),
+   then as many again past the bound (`--cache-mb`, the default 64): RSS must stay put;
 4. what one realm's health state costs, measured in process with tracemalloc: served once,
    a day of 5-minute probes, a day of a request a minute;
 5. `--trace`: the embedded gateway runs under tracemalloc (bench/traced_gateway.py) and the
@@ -17,7 +18,7 @@ Resident memory (VmRSS from /proc) of real gateway processes, nginx as QBO:
    inflated by tracemalloc's own bookkeeping).
 
     .venv/bin/python bench/memory.py [--realms 10000] [--unknown 100000] [--reads 100000]
-        [--mode both|embedded|redis] [--settle 150] [--trace] [--skip-imports]
+        [--mode both|embedded|redis] [--cache-mb 64] [--settle 150] [--trace] [--skip-imports]
         [--skip-components]
 """
 
@@ -211,6 +212,7 @@ def gateways(args: argparse.Namespace, mode: str) -> None:
         state = fleet.tempdir("qbogw-mem-state-")
         keys = gateway_env(upstream, state, 0, 0)["QBO_TOKEN_KEYS"]
         extra = {"QBO_TOKEN_KEYS": keys, "QBO_STATE_DIR": str(state), "QBO_LOG_LEVEL": "warning"}
+        extra["QBO_CACHE_MAX_BYTES"] = str(args.cache_mb * 2**20)
         snap = state / "tracemalloc.snapshot"
         extra_env = {"BENCH_SNAPSHOT": str(snap)}
         redis_url = None
@@ -269,6 +271,16 @@ def gateways(args: argparse.Namespace, mode: str) -> None:
                 now,
                 f"  ({grown:+.1f} MB; cache gauge {gauge:+.1f} MB, gauge/RSS growth "
                 f"{ratio:.2f}, {took:.0f} s)",
+            )
+            # As many again: past QBO_CACHE_MAX_BYTES the LRU evicts, and RSS must stay put.
+            more = [f"/v3/company/{one}/companyinfo/1?m={i}" for i in range(args.reads)]
+            took = drive(base, more, 200)
+            later = rss_mb(proc.pid)
+            line(
+                f"after {args.reads} more distinct reads",
+                later,
+                f"  ({later - now:+.1f} MB; cache gauge {cache_gauge(ops):.1f} MB of a "
+                f"{args.cache_mb} MB bound, {took:.0f} s)",
             )
     finally:
         fleet.stop()
@@ -356,6 +368,7 @@ def main() -> None:
     parser.add_argument("--unknown", type=int, default=100_000)
     parser.add_argument("--reads", type=int, default=100_000)
     parser.add_argument("--mode", choices=("both", "embedded", "redis"), default="both")
+    parser.add_argument("--cache-mb", type=int, default=64, help="QBO_CACHE_MAX_BYTES in MiB")
     parser.add_argument("--settle", type=float, default=150.0, help="idle seconds after serving")
     parser.add_argument("--trace", action="store_true", help="tracemalloc growth by line")
     parser.add_argument("--skip-imports", action="store_true")
