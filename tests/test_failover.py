@@ -50,10 +50,15 @@ async def test_failover_under_load_loses_nothing(
     assert figures.failed == 0, figures
     # Exactly one refresh per realm for the whole fleet, after Redis came back.
     assert figures.token_calls == len(run.realms) and figures.invalid_grant == 0, figures
-    # Every replica went down to its fallback and came back up by itself.
-    for i in range(3):
+    # Every replica that met the outage went down to its fallback and came back up by
+    # itself. A replica may never meet it: the cluster client retries a command on the
+    # new slot map once the replica is promoted, and a replica whose realms' budgets are
+    # spent may have had nothing to ask Redis while the master was gone.
+    seen = {who for _at, who, _up in figures.transitions}
+    assert seen, "no replica noticed the failover"
+    for i in seen:
         states = [up for _at, who, up in figures.transitions if who == i]
-        assert states and states[0] is False and states[-1] is True, figures.transitions
+        assert states[0] is False and states[-1] is True, figures.transitions
     assert all(gw.availability.up for gw in run.gateways)
     # Three replicas each offer 6/s per realm, far past the budget. Shared, the fleet gets
     # 40 a minute; on their fallback shares (40/3 each) 39 more; back on Redis, what the
