@@ -11,9 +11,9 @@ the realms in use, not every realm ever seen.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random as _random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,8 +51,8 @@ def reopen_seconds(policy: AdmissionPolicy, failed_probes: int, jitter: float) -
 def reserve_time(
     now: float,
     policy: AdmissionPolicy,
-    rate: deque[float],
-    batch: deque[float] | None,
+    rate: list[float],
+    batch: list[float] | None,
 ) -> tuple[float, RefusalReason]:
     """The earliest time a new request may reach QBO without breaking any rolling window.
 
@@ -79,7 +79,10 @@ def reserve_time(
     return t, binding
 
 
-@dataclass
+# Slotted, windows as sorted lists (an empty deque is 600 bytes), and the batch window
+# made on a realm's first batch: with 10,000 realms served, the deques and the dict were
+# a tenth of the process's memory.
+@dataclass(slots=True)
 class _Realm:
     state: BreakerState = BreakerState.CLOSED
     failures: int = 0
@@ -89,8 +92,8 @@ class _Realm:
     probe_id: str | None = None
     probe_until: float = 0.0
     cooldown_until: float = 0.0
-    rate: deque[float] = field(default_factory=deque)
-    batch: deque[float] = field(default_factory=deque)
+    rate: list[float] = field(default_factory=list)
+    batch: list[float] | None = None
     leases: dict[str, float] = field(default_factory=dict)
 
 
@@ -106,9 +109,9 @@ def _idle(r: _Realm, now: float) -> bool:
     )
 
 
-def _prune(window: deque[float], before: float) -> None:
-    while window and window[0] <= before:
-        window.popleft()
+def _prune(window: list[float], before: float) -> None:
+    # Reservations are FIFO, so the window is sorted: one cut, not a pop per stamp.
+    del window[: bisect.bisect_right(window, before)]
 
 
 def _breaker_gate(r: _Realm, now: float) -> tuple[Admission | None, bool]:
@@ -185,7 +188,10 @@ class MemoryAdmission:
                 Verdict.WAIT, delay=min(WAIT_POLL_SECONDS, p.max_wait), generation=r.generation
             )
         _prune(r.rate, now - MINUTE)
-        _prune(r.batch, now - MINUTE)
+        if r.batch is not None:
+            _prune(r.batch, now - MINUTE)
+        if batch and r.batch is None:
+            r.batch = []
         t, binding = reserve_time(now, p, r.rate, r.batch if batch else None)
         delay = t - now
         if delay > p.max_wait:
@@ -198,7 +204,7 @@ class MemoryAdmission:
         """Reserve the slot at `t`, take a concurrency lease, and start a probe if due."""
         delay = t - now
         r.rate.append(t)
-        if batch:
+        if batch and r.batch is not None:
             r.batch.append(t)
         lease_id = f"{next(self._lease_ids):x}"
         r.leases[lease_id] = now + self.policy.lease_seconds + delay
