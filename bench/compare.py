@@ -20,10 +20,12 @@ per request is each proxy process's CPU time over the requests it answered.
 from __future__ import annotations
 
 import argparse
+import http.client
 import re
 import statistics
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +168,27 @@ def latency(targets: list[Target], answers: list[str], seconds: float) -> None:
         print(f"{answer:<13}" + "".join(f"{c:>18}" for c in cells))
 
 
+def in_flight_round_trips(base: str, path: str, counter: RespCounter, n: int = 300) -> float:
+    """Round trips sent between a request and its whole answer, one caller, one at a time.
+
+    What the gateway awaits before the reply (or after it, before the connection may
+    take the next request) is counted; a background batch that happens to go out
+    meanwhile is counted too, so this is an upper bound.
+    """
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+    try:
+        held = 0
+        for _ in range(n):
+            before = counter.writes
+            conn.request("GET", path)
+            conn.getresponse().read()
+            held += counter.writes - before
+        return held / n
+    finally:
+        conn.close()
+
+
 def redis_commands(fleet: Fleet, upstream: str, answers: list[str], seconds: float) -> None:
     """Commands and round trips per request a Redis-mode gateway sends (counted at the wire)."""
     redis = RedisServer()
@@ -182,12 +205,14 @@ def redis_commands(fleet: Fleet, upstream: str, answers: list[str], seconds: flo
             run = wrk(target, PATHS[answer], connections=8, seconds=seconds)
             counts, writes = counter.reset()
             n = max(1, run.requests)
-            top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
+            kinds = sorted(counts.items(), key=lambda kv: -kv[1])
             print(
-                f"{answer:<13} {sum(counts.values()) / n:.2f} commands/request, "
-                f"{writes / n:.2f} round trips/request: "
-                + ", ".join(f"{k} {v / n:.2f}" for k, v in top)
+                f"{answer:<13} {sum(counts.values()) / n:.3f} commands/request, "
+                f"{writes / n:.3f} round trips/request: "
+                + ", ".join(f"{k} {v / n:.3f}" for k, v in kinds)
             )
+            held = in_flight_round_trips(base, PATHS[answer], counter)
+            print(f"{'':<13} {held:.3f} round trips/request while the request held its connection")
         proc.terminate()
         proc.wait(timeout=20)
     finally:

@@ -155,6 +155,7 @@ def _backends(core: _Core, redis_prefix: str | None, redis_time: bool) -> StateB
         history_seconds=settings.health_history_seconds,
         bucket_seconds=settings.health_bucket_seconds,
         cache_max_bytes=settings.cache_max_bytes,
+        cache_max_entry_bytes=settings.cache_max_entry_bytes,
         cipher=token_cipher(settings),
         policy=core.policy,
         clock=core.clock,

@@ -20,6 +20,7 @@ from qbo_gateway.cache.backend_memory import MemoryCacheBackend
 from qbo_gateway.cache.backend_redis import RedisCacheBackend
 from qbo_gateway.cache.fallback import FallbackCache
 from qbo_gateway.cache.records import CacheBackend
+from qbo_gateway.cache.write_behind import QueueBounds, WriteBehindCache
 from qbo_gateway.clock import Clock
 from qbo_gateway.economy.backend_memory import MemoryMeterBackend
 from qbo_gateway.economy.backend_redis import RedisMeterBackend
@@ -62,6 +63,7 @@ def build_backends(
     history_seconds: float,
     bucket_seconds: float = 60.0,
     cache_max_bytes: int,
+    cache_max_entry_bytes: int,
     cipher: TokenCipher,
     policy: AdmissionPolicy,
     clock: Clock,
@@ -106,10 +108,16 @@ def build_backends(
             MemoryAdmission(policy.shared_out(replica_count), clock=clock),
             availability=availability,
         ),
-        cache=FallbackCache(
-            RedisCacheBackend(redis, keys),
-            MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),
-            availability=availability,
+        # Stores go out after the reply, in batches; a lookup sees what is still queued.
+        cache=WriteBehindCache(
+            FallbackCache(
+                RedisCacheBackend(redis, keys),
+                MemoryCacheBackend(max_bytes=cache_max_bytes, clock=clock, metrics=metrics),
+                availability=availability,
+            ),
+            clock=clock,
+            metrics=metrics,
+            bounds=QueueBounds(max_bytes=max(QueueBounds.max_bytes, 4 * cache_max_entry_bytes)),
         ),
         health=FallbackHealthStore(
             RedisHealthStore(

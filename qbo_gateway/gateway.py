@@ -90,6 +90,7 @@ class Gateway:
         # has not taken by then is in the spill file.
         await self.tokens.drain(drain_timeout)
         await self.admitter.drain()
+        await self.cache.close()  # the stored reads still queued are written
         await self.meter.close()
         await self.health.close()
         if self.leases is not None:  # after the records above: every slot is back here

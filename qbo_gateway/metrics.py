@@ -89,7 +89,7 @@ class Metrics:
         )
         self.cache_events = self._counter(
             "qbo_gateway_cache_events",
-            "Cache lookups and stores (hit, miss, store, skip, evict)",
+            "Cache lookups and stores (hit, miss, store, skip, evict, queue_drop)",
             "event",
         )
         self.cache_bytes = self._gauge(

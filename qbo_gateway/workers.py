@@ -42,7 +42,8 @@ class DrainWorker:
     so `drained()` waits for everything submitted so far, and `stop()` parks before
     cancelling. A failing step is reported through `on_error` and never ends the loop.
     With `pace`, steps start at least `pace` seconds apart unless someone waits for the
-    queue to drain (`drained`, `stop`): then it runs unpaced until the queue is empty.
+    queue to drain (`drained`, `stop`) or `hurry`s it: then it runs unpaced until the
+    queue is empty. With `linger`, work that finds the worker idle waits a pace as well.
     """
 
     def __init__(
@@ -52,11 +53,13 @@ class DrainWorker:
         step: Callable[[], Awaitable[None]],
         on_error: Callable[[Exception], None],
         pace: float = 0.0,
+        linger: bool = False,
     ) -> None:
         self._has_work = has_work
         self._step = step
         self._on_error = on_error
-        self._pace = pace
+        self.pace = pace  # may be changed while running: the next wait uses it
+        self._linger = linger
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._last_step = -math.inf
@@ -76,6 +79,11 @@ class DrainWorker:
         if not self.running:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    def hurry(self) -> None:
+        """Skip the pace until the queue is empty (its owner has a full batch)."""
+        self._hurry.set()
+        self.wake()
+
     async def drained(self) -> None:
         if not self.idle.is_set():
             self._hurry.set()
@@ -94,12 +102,17 @@ class DrainWorker:
         self._task = None
 
     async def _loop(self) -> None:
+        if self._linger:
+            self._last_step = asyncio.get_running_loop().time()
         while True:
             if not self._has_work():
                 self.idle.set()
                 self._hurry.clear()
                 self._wake.clear()
                 await self._wake.wait()
+                if self._linger:
+                    # The first piece of work waits out a pace too: a batch per pace.
+                    self._last_step = asyncio.get_running_loop().time()
                 continue
             if await self._paced():
                 continue  # the pace ended: look at the queue again
@@ -113,7 +126,7 @@ class DrainWorker:
 
     async def _paced(self) -> bool:
         """Wait out the rest of the pace (True), unless it is over or someone hurries."""
-        left = self._last_step + self._pace - asyncio.get_running_loop().time()
+        left = self._last_step + self.pace - asyncio.get_running_loop().time()
         if left <= 0 or self._hurry.is_set():
             return False
         with contextlib.suppress(TimeoutError):

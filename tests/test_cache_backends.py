@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 from qbo_gateway.cache.backend_memory import MemoryCacheBackend, entry_cost
 from qbo_gateway.cache.backend_redis import RedisCacheBackend
 from qbo_gateway.cache.fallback import FallbackCache
-from qbo_gateway.cache.records import CacheBackend, CachedEntry, CorruptEntry
+from qbo_gateway.cache.records import CacheBackend, CachedEntry, CorruptEntry, PendingStore
+from qbo_gateway.cache.write_behind import QueueBounds, WriteBehindCache
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.state.availability import BackendAvailability
@@ -76,7 +77,7 @@ def metrics() -> Metrics:
     return Metrics(CollectorRegistry())
 
 
-@pytest.fixture(params=["memory", *REDIS_TARGETS])
+@pytest.fixture(params=["memory", *REDIS_TARGETS, "redis-queued"])
 async def backend(
     request: pytest.FixtureRequest,
     clock: ManualClock,
@@ -86,6 +87,15 @@ async def backend(
     client: RedisClient | None = None
     if request.param == "memory":
         home: CacheBackend = MemoryCacheBackend(max_bytes=1 << 20, clock=clock, metrics=metrics)
+    elif request.param == "redis-queued":
+        # Redis mode's home: stores queued an hour (the suite reads them from the queue).
+        client = redis_target(request, "redis").client()
+        home = WriteBehindCache(
+            RedisCacheBackend(client, RedisKeys(redis_prefix)),
+            clock=clock,
+            metrics=metrics,
+            bounds=QueueBounds(interval=3600.0),
+        )
     else:
         client = redis_target(request, request.param).client()
         home = RedisCacheBackend(client, RedisKeys(redis_prefix))
@@ -157,6 +167,21 @@ async def test_end_freshness_advances_one_realms_epoch_only(backend: CacheBacken
     got, epoch = await backend.get("111", "k")
     assert got is not None
     assert (got.fresh_epoch, got.realm_epoch, epoch) == (0, 2, 2)
+
+
+async def test_a_batch_is_stored_like_single_puts(backend: CacheBackend) -> None:
+    await backend.put("111", "k1", entry(body=b"old"), ttl=60)
+    await backend.put_many(
+        [
+            PendingStore("111", "k1", entry(body=b"one"), 60),
+            PendingStore("222", "k2", entry(realm="222", body=b"two"), 60),
+            PendingStore("111", "k3", entry(body=b"gone"), 0),
+        ]
+    )
+    one, _ = await backend.get("111", "k1")
+    two, _ = await backend.get("222", "k2")
+    assert (one and one.body, two and two.body) == (b"one", b"two")
+    assert await backend.get("111", "k3") == (None, 0)
 
 
 async def test_non_positive_ttl_is_not_stored(backend: CacheBackend) -> None:

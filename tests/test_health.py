@@ -588,3 +588,18 @@ async def test_dashboards_of_two_replicas_follow_the_fleets_buckets(
         assert (await b.views.dashboard())["sla"]["downtime_seconds"] == 310.0
     finally:
         await redis.aclose()
+
+
+async def test_store_write_batch_is_counts_and_events_together(store: HealthStore) -> None:
+    realms = {"1": {100: {"requests": 3, "errors": 1}}, "2": {100: {"requests": 2}}}
+    fleet = {100: {"requests": 5, "errors": 1}}
+    events = {"2": [HistoryEntry(1000.0, "request", True, live=True)]}
+    await store.write_batch(realms, fleet, events, now=1005.0)
+    await store.write_batch({"1": {100: {"requests": 1}}}, {100: {"requests": 1}}, {}, now=1006.0)
+    assert await store.realm_series("1", first=100, last=100) == {100: {"requests": 4, "errors": 1}}
+    assert await store.realm_series("2", first=100, last=100) == {100: {"requests": 2}}
+    assert await store.fleet_series(first=100, last=100) == {100: {"requests": 6, "errors": 1}}
+    assert [e.at for e in await store.history("2", since=0, limit=5)] == [1000.0]
+    assert await store.history("1", since=0, limit=5) == []
+    # The live success in the batch marks the realm busy for the probe, as `record` does.
+    assert await store.acquire_probe("2", owner="a", now=1010, interval=300) == "busy"

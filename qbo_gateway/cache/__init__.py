@@ -4,5 +4,5 @@
 `read_through` wraps one logical QBO call; `policy` decides keys, directives and what may
 be stored; `response_cache` looks up, stores and answers; `records` holds what a stored read
 is and the backend interface; `backend_memory`, `backend_redis` and `fallback` keep the
-entries.
+entries; in Redis mode `write_behind` queues the stores and writes them in batches.
 """

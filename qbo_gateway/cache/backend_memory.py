@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from cachetools import LRUCache
 
-from qbo_gateway.cache.records import CachedEntry
+from qbo_gateway.cache.records import CachedEntry, PendingStore
 from qbo_gateway.clock import Clock
 from qbo_gateway.metrics import Metrics
 
@@ -89,6 +89,10 @@ class MemoryCacheBackend:
     async def delete(self, realm_id: str, key_hash: str) -> None:
         if self._entries.pop((realm_id, key_hash), None) is not None:
             self._publish()
+
+    async def put_many(self, stores: list[PendingStore]) -> None:
+        for store in stores:
+            await self.put(store.realm_id, store.key_hash, store.entry, ttl=store.ttl)
 
     async def epoch(self, realm_id: str) -> int:
         return self._epochs.get(realm_id, 0)

@@ -1,7 +1,9 @@
 """The shared cache home for replicas: stored reads as Redis values that expire.
 
-A read stored by one replica serves degraded mode on every replica. Each entry lives as
-long as it may be served stale (its TTL), so Redis itself bounds the data kept. A write
+A read stored by one replica serves degraded mode on every replica. Stores arrive in
+batches (`put_many`, one pipeline) from the write-behind queue in front of this home.
+Each entry lives as long as it may be served stale (its TTL), so Redis itself bounds the
+data kept. A write
 ends the freshness of a realm's reads with one INCR of the realm's epoch, read together
 with the entry in one MGET (same hash tag, so it also works in Redis Cluster). Redis errors
 become `StateUnavailable`: the cache answers a miss and the request goes on.
@@ -16,7 +18,7 @@ from typing import TypeVar
 
 from redis.exceptions import RedisError
 
-from qbo_gateway.cache.records import CachedEntry, CorruptEntry
+from qbo_gateway.cache.records import CachedEntry, CorruptEntry, PendingStore
 from qbo_gateway.state.errors import StateUnavailable
 from qbo_gateway.state.keys import RedisKeys
 from qbo_gateway.state.redis_client import REDIS_DOWN_ERRORS, RedisClient
@@ -67,6 +69,20 @@ class RedisCacheBackend:
 
     async def delete(self, realm_id: str, key_hash: str) -> None:
         await self._call(self._redis.delete(self._keys.cache_entry(realm_id, key_hash)))
+
+    async def put_many(self, stores: list[PendingStore]) -> None:
+        kept = [s for s in stores if s.ttl > 0]
+        if not kept:
+            return
+        # One pipeline, not a transaction: on Redis Cluster it is split by node.
+        pipe = self._redis.pipeline(transaction=False)
+        for store in kept:
+            pipe.set(
+                self._keys.cache_entry(store.realm_id, store.key_hash),
+                store.entry.encode(),
+                px=max(1, math.ceil(store.ttl * 1000)),
+            )
+        await self._call(pipe.execute())
 
     async def epoch(self, realm_id: str) -> int:
         raw = await self._call(self._redis.get(self._keys.cache_fresh_epoch(realm_id)))

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import structlog
 
-from qbo_gateway.cache.records import CacheBackend, CachedEntry
+from qbo_gateway.cache.records import CacheBackend, CachedEntry, PendingStore
 from qbo_gateway.state.availability import BackendAvailability
 from qbo_gateway.state.errors import StateUnavailable
 
@@ -84,6 +84,11 @@ class FallbackCache:
         await self._either(
             lambda: self._primary.delete(realm_id, key_hash),
             lambda: self._fallback.delete(realm_id, key_hash),
+        )
+
+    async def put_many(self, stores: list[PendingStore]) -> None:
+        await self._either(
+            lambda: self._primary.put_many(stores), lambda: self._fallback.put_many(stores)
         )
 
     async def epoch(self, realm_id: str) -> int:

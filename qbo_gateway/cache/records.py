@@ -14,7 +14,7 @@ from typing import Protocol
 
 from qbo_gateway.state.errors import StateUnavailable
 
-__all__ = ["CacheBackend", "CachedEntry", "CorruptEntry", "StateUnavailable"]
+__all__ = ["CacheBackend", "CachedEntry", "CorruptEntry", "PendingStore", "StateUnavailable"]
 
 
 class CorruptEntry(ValueError):
@@ -75,6 +75,16 @@ class CachedEntry:
             raise CorruptEntry(str(exc)) from exc
 
 
+@dataclass(frozen=True)
+class PendingStore:
+    """One store of a batch (`CacheBackend.put_many`): what `put` is given."""
+
+    realm_id: str
+    key_hash: str
+    entry: CachedEntry
+    ttl: float
+
+
 class CacheBackend(Protocol):
     """Keeps stored reads per realm, and one freshness epoch per realm.
 
@@ -92,6 +102,10 @@ class CacheBackend(Protocol):
 
     async def delete(self, realm_id: str, key_hash: str) -> None:
         """Forget the entry stored under (realm, hash), if any (a deleted entity's read)."""
+        ...
+
+    async def put_many(self, stores: list[PendingStore]) -> None:
+        """Store a batch, each as `put` would (one pipeline in Redis)."""
         ...
 
     async def epoch(self, realm_id: str) -> int:

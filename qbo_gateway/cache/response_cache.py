@@ -5,8 +5,9 @@ LRU or Redis), which only keeps entries. It never fails a request: an unreachabl
 corrupt backend is a miss, a store that fails is skipped. A write ends the realm's
 freshness through a per-realm epoch, so a read stored before the write is only ever served
 as stale. The decisions it applies are `policy`'s; `read_through` decides when to use it.
-A read is stored after its reply has gone out; a lookup of a key whose store is still on
-its way waits for it, so this replica always finds what it has just answered.
+A read is stored after its reply has gone out (in Redis mode into the write-behind queue,
+`write_behind`); a lookup of a key whose store is still on its way waits for it, so this
+replica always finds what it has just answered.
 """
 
 from __future__ import annotations
@@ -213,6 +214,10 @@ class ResponseCache:
             # most fresh_seconds; the write itself has succeeded and must not fail.
             log.warning("cache_end_freshness_failed", realm_id=realm_id, **failure(exc))
             return None
+
+    async def close(self) -> None:
+        """At shutdown: the home writes what it still holds back (the write-behind queue)."""
+        await self.backend.close()
 
     # --- answers from the cache ---------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Buffered history writes, so observing a request never waits on (or fails with) the store.
 
 Bucket counters are added up in memory (one dict increment per event) and recent events
-appended to a bounded buffer; a background task writes both in batches after the reply,
-the realm's and the fleet's buckets in one pipeline in Redis mode. When the writer falls
+appended to a bounded buffer; a background task writes both after the reply, at most one
+batch per `WRITE_PACE` (1 s): every realm's buckets, the fleet's and the recent events in
+one pipeline in Redis mode (`HealthStore.write_batch`). When the writer falls
 far behind, recent events are dropped while the counters keep counting. Workers stop
 through `cancel_when_idle`: they finish the write in hand first, because cancelling
 redis-py in the middle of a command can leave the connection (and with it the shutdown)
@@ -25,13 +26,16 @@ from qbo_gateway.workers import DrainWorker
 log = structlog.get_logger(__name__)
 
 _MAX_BUFFERED = 20000
+WRITE_PACE = 1.0  # seconds between batches: what a kill -9 may lose of the history
 _MAX_PER_REALM_FLUSH = 50
 
 
 class HistoryBuffer:
     """The history writer: `add` is sync and O(1); a background task stores batches."""
 
-    def __init__(self, *, store: HealthStore, clock: Clock, bucket_seconds: float) -> None:
+    def __init__(
+        self, *, store: HealthStore, clock: Clock, bucket_seconds: float, pace: float = WRITE_PACE
+    ) -> None:
         self.store = store
         self.clock = clock
         self.bucket_seconds = bucket_seconds
@@ -42,6 +46,7 @@ class HistoryBuffer:
             has_work=lambda: bool(self._buffer or self._counts),
             step=self.flush_now,
             on_error=_write_failed,
+            pace=pace,
         )
 
     def count(self, realm_id: str, at: float, counts: Counts) -> None:
@@ -73,19 +78,15 @@ class HistoryBuffer:
         self._worker.wake()
 
     async def flush_now(self) -> None:
+        """Write every realm's counters and recent events of this tick as one batch."""
         counts, self._counts = self._counts, {}
-        if counts:
-            try:
-                await self.store.add_counts(counts, _fleet(counts), now=self.clock.now())
-            except StateUnavailable:
-                log.warning("health_buckets_write_skipped", realms=len(counts))
-        if not self._buffer:
-            return
         batch, self._buffer, self._buffered = self._buffer, {}, 0
+        if not counts and not batch:
+            return
         try:
-            await self.store.record(batch, now=self.clock.now())
+            await self.store.write_batch(counts, _fleet(counts), batch, now=self.clock.now())
         except StateUnavailable:
-            log.warning("health_history_write_skipped", realms=len(batch))
+            log.warning("health_history_write_skipped", realms=len(counts) + len(batch))
 
     def start(self) -> None:
         self._worker.start()

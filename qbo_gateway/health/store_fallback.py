@@ -74,6 +74,19 @@ class FallbackHealthStore:
             lambda: self._fallback.add_counts(realms, fleet, now=now),
         )
 
+    async def write_batch(
+        self,
+        realms: dict[str, Series],
+        fleet: Series,
+        entries: dict[str, list[HistoryEntry]],
+        *,
+        now: float,
+    ) -> None:
+        await self._either(
+            lambda: self._primary.write_batch(realms, fleet, entries, now=now),
+            lambda: self._fallback.write_batch(realms, fleet, entries, now=now),
+        )
+
     async def realm_series(self, realm_id: str, *, first: int, last: int) -> Series:
         return await self._either(
             lambda: self._primary.realm_series(realm_id, first=first, last=last),

@@ -123,6 +123,18 @@ class HealthStore(Protocol):
         """Add counters into each realm's buckets and the fleet's (sums: replicas add up)."""
         ...
 
+    async def write_batch(
+        self,
+        realms: dict[str, Series],
+        fleet: Series,
+        entries: dict[str, list[HistoryEntry]],
+        *,
+        now: float,
+    ) -> None:
+        """`add_counts` and `record` as one write (one pipeline in Redis): the history
+        writer's batch of a tick, every realm's at once."""
+        ...
+
     async def realm_series(self, realm_id: str, *, first: int, last: int) -> Series:
         """The realm's buckets first..last (bucket numbers, inclusive) that hold anything."""
         ...
@@ -219,6 +231,17 @@ class MemoryHealthStore:
                 ring.add(bucket, counts)
         for bucket, counts in fleet.items():
             self._fleet.add(bucket, counts)
+
+    async def write_batch(
+        self,
+        realms: dict[str, Series],
+        fleet: Series,
+        entries: dict[str, list[HistoryEntry]],
+        *,
+        now: float,
+    ) -> None:
+        await self.add_counts(realms, fleet, now=now)
+        await self.record(entries, now=now)
 
     async def realm_series(self, realm_id: str, *, first: int, last: int) -> Series:
         ring = self._rings.get(realm_id)

@@ -84,32 +84,7 @@ class RedisHealthStore:
             raise StateUnavailable(f"redis: {type(exc).__name__}") from exc
 
     async def record(self, entries: dict[str, list[HistoryEntry]], *, now: float) -> None:
-        if not entries:
-            return
-        ttl_ms = int(self.history_seconds * 1000) + 60_000
-        cutoff = now - self.history_seconds
-
-        async def op() -> None:
-            pipe = self._redis.pipeline(transaction=False)
-            for realm_id, items in entries.items():
-                key = self._keys.health_history(realm_id)
-                members: dict[str, float] = {}
-                last_live = 0.0
-                for entry in items:
-                    # A nonce keeps two identical outcomes in one instant as two members.
-                    doc = entry.to_json()[:-1] + f',"n":"{uuid.uuid4().hex[:8]}"}}'
-                    members[doc] = entry.at
-                    if entry.live and entry.ok:
-                        last_live = max(last_live, entry.at)
-                pipe.zadd(key, members)
-                pipe.zremrangebyscore(key, "-inf", f"({cutoff}")
-                pipe.zremrangebyrank(key, 0, -(self.max_entries + 1))
-                pipe.pexpire(key, ttl_ms)
-                if last_live:
-                    pipe.set(self._last_ok_key(realm_id), repr(last_live), px=ttl_ms)
-            await pipe.execute()
-
-        await self._call(op)
+        await self.write_batch({}, {}, entries, now=now)
 
     async def history(self, realm_id: str, *, since: float, limit: int) -> list[HistoryEntry]:
         if limit <= 0:
@@ -126,7 +101,17 @@ class RedisHealthStore:
         return [HistoryEntry.from_json(item) for item in reversed(raw)]
 
     async def add_counts(self, realms: dict[str, Series], fleet: Series, *, now: float) -> None:
-        if not realms and not fleet:
+        await self.write_batch(realms, fleet, {}, now=now)
+
+    async def write_batch(
+        self,
+        realms: dict[str, Series],
+        fleet: Series,
+        entries: dict[str, list[HistoryEntry]],
+        *,
+        now: float,
+    ) -> None:
+        if not realms and not fleet and not entries:
             return
 
         async def op() -> None:
@@ -136,9 +121,32 @@ class RedisHealthStore:
                     self._add(pipe, self._keys.health_bucket(realm_id, bucket), bucket, counts, now)
             for bucket, counts in fleet.items():
                 self._add(pipe, self._keys.fleet_bucket(bucket), bucket, counts, now)
+            self._events(pipe, entries, now)
             await pipe.execute()
 
         await self._call(op)
+
+    def _events(self, pipe: Any, entries: dict[str, list[HistoryEntry]], now: float) -> None:
+        ttl_ms = int(self.history_seconds * 1000) + 60_000
+        cutoff = now - self.history_seconds
+        for realm_id, items in entries.items():
+            if not items:
+                continue
+            key = self._keys.health_history(realm_id)
+            members: dict[str, float] = {}
+            last_live = 0.0
+            for entry in items:
+                # A nonce keeps two identical outcomes in one instant as two members.
+                doc = entry.to_json()[:-1] + f',"n":"{uuid.uuid4().hex[:8]}"}}'
+                members[doc] = entry.at
+                if entry.live and entry.ok:
+                    last_live = max(last_live, entry.at)
+            pipe.zadd(key, members)
+            pipe.zremrangebyscore(key, "-inf", f"({cutoff}")
+            pipe.zremrangebyrank(key, 0, -(self.max_entries + 1))
+            pipe.pexpire(key, ttl_ms)
+            if last_live:
+                pipe.set(self._last_ok_key(realm_id), repr(last_live), px=ttl_ms)
 
     def _add(self, pipe: Any, key: str, bucket: int, counts: Counts, now: float) -> None:
         for name, n in counts.items():
