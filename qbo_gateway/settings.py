@@ -178,6 +178,10 @@ class Settings(BaseSettings):
     coreplus_monthly_limit: int = Field(500_000, ge=1)
     coreplus_timezone: str = "UTC"  # the calendar month Intuit meters in
     coreplus_guard: Literal["off", "stale", "background", "both"] = "stale"
+    # the monitor's own probes: their share of the monthly limit, spent at an even pace
+    probe_budget_share: float = Field(0.05, ge=0, le=1)
+    # an idle realm with nothing else against it is probed once its last success is this old
+    probe_idle_seconds: float = Field(86400.0, ge=0)
 
     # health
     monitor_interval_seconds: float = Field(300.0, gt=0)

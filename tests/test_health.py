@@ -305,9 +305,14 @@ async def test_monitor_skips_busy_realm_and_probes_idle_one() -> None:
     await monitor.flush()
     checks = await monitor.store.history("222", since=0, limit=10)
     assert [(c.source, c.ok) for c in checks] == [("check", True)]
-    # A probe is not live traffic: next interval, with no live requests, all idle are probed.
+    # Next interval: nobody's traffic is recent, but nothing is against any of them (222 and
+    # 333 were just checked, 111 just served), so no read is spent on them...
     gw.probed.clear()
     gw.clock.advance(300)
+    report = await monitor.cycle.run_cycle()
+    assert gw.probed == [] and report.skipped_no_doubt == 3
+    # ...until their last success is the idle age (a day) old. A probe is not live traffic.
+    gw.clock.advance(DAY - 300)
     await monitor.cycle.run_cycle()
     assert sorted(gw.probed) == ["111", "222", "333"]
 
@@ -339,8 +344,10 @@ async def test_two_instances_on_one_redis_probe_each_realm_once_per_interval(
     def store() -> RedisHealthStore:
         return RedisHealthStore(redis, history_seconds=DAY, keys=keys, bucket_seconds=60.0)
 
-    a = make_monitor(gw, store=store(), owner="a", bucket_seconds=60.0)
-    b = make_monitor(gw, store=store(), owner="b", bucket_seconds=60.0)
+    # Idle age 0: every idle realm is a candidate each interval (the leases are tested here,
+    # not the doubt ranking).
+    a = make_monitor(gw, store=store(), owner="a", bucket_seconds=60.0, probe_idle_seconds=0)
+    b = make_monitor(gw, store=store(), owner="b", bucket_seconds=60.0, probe_idle_seconds=0)
     try:
         for _ in range(3):
             gw.probed.clear()

@@ -172,10 +172,11 @@ async def test_admin_routes_need_the_admin_token(setup: Any, prefix: str) -> Non
         if monitor.cycle.last_cycle is not None:
             break
         await asyncio.sleep(0.01)
-    assert sorted(gw.probed) == sorted(REALMS)
+    # The throttled realm is in QBO's cool-down: no probe is spent on it until that ends.
+    assert sorted(gw.probed) == sorted(REALMS[1:])
     summary = await (await client.get(f"{prefix}/summary")).json()
     assert summary["monitor"]["running"] is True
-    assert summary["monitor"]["last_cycle"]["probed"] == 3
+    assert summary["monitor"]["last_cycle"]["probed"] == len(REALMS) - 1
     resp = await client.post(f"{prefix}/admin/stop-monitoring", headers=auth())
     assert resp.status == 200 and not monitor.cycle.monitoring
 

@@ -24,5 +24,8 @@ class MemoryMeterBackend:
     async def read(self, month: str) -> dict[str, int]:
         return dict(self._months.get(month, {}))
 
+    async def count(self, month: str, name: str) -> int:
+        return self._months.get(month, Counter())[name]
+
     async def close(self) -> None:
         return None

@@ -45,6 +45,13 @@ class RedisMeterBackend:
             raise StateUnavailable(f"redis meter unavailable: {type(exc).__name__}") from exc
         return {_text(k): int(v) for k, v in raw.items()}
 
+    async def count(self, month: str, name: str) -> int:
+        try:
+            raw = await self._redis.hget(self._keys.coreplus_month(month), name)
+        except _ERRORS as exc:
+            raise StateUnavailable(f"redis meter unavailable: {type(exc).__name__}") from exc
+        return int(raw) if raw is not None else 0
+
     async def close(self) -> None:
         return None
 

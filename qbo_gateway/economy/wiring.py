@@ -1,4 +1,5 @@
-"""The read economy's builder: the meter from settings, its alerts and its health section.
+"""The read economy's builder: the meter from settings, its alerts and its health section,
+and the monitor's probe budget (handed to the health package's probe cycle).
 
 App-wide alerts go through the health package's one alert lifecycle under the realm id
 `APP_WIDE`, so they are stored, listed, acknowledged and sent to the webhook like any other.
@@ -11,6 +12,7 @@ from typing import Any
 from qbo_gateway.clock import Clock
 from qbo_gateway.economy.guard import ReadGuard
 from qbo_gateway.economy.meter import Meter, MeterOptions
+from qbo_gateway.economy.probe_budget import ProbeBudget
 from qbo_gateway.economy.records import MeterBackend, zone_named
 from qbo_gateway.economy.report import month_report
 from qbo_gateway.health.alert_rules import APP_WIDE
@@ -41,6 +43,13 @@ def build_meter(
         return await month_report(meter, guard=settings.coreplus_guard)
 
     health.views.add_section("coreplus", section)
+    health.cycle.budget = ProbeBudget(
+        meter,
+        store=health.store,
+        clock=clock,
+        share=settings.probe_budget_share,
+        interval=settings.monitor_interval_seconds,
+    )
     meter.start()
     return meter
 

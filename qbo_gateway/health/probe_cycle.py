@@ -1,12 +1,15 @@
 """The monitor loop: which realms to probe each interval, and the frequent housekeeping.
 
-A probe is a billed QBO read, so a cycle probes only realms that had no successful live
-request within the interval (live traffic already proves a busy realm healthy) and skips
-realms that must be reconnected. Across replicas, one lease per realm and interval in the
-store decides who probes; if the store is down, this replica probes rather than leave the
-realm unwatched. Probes go through the same admission path as proxied calls (the injected
-`probe`), a few at a time. After probing, the cycle catches up with state other replicas
-changed (closed circuits) and with time (ended throttles).
+A probe is a metered QBO read (CorePlus), so a cycle spends no more than its budget allows
+(`ProbeSpend`: the read economy's monthly probe budget, paced over the month) and spends
+it where it tells most: the idle realms ranked by doubt (`probe_doubt`). Realms with a
+live success within the interval are never probed (their traffic is the probe), nor
+realms that must be reconnected or are in QBO's cool-down; token health is never a reason
+to probe (it comes from the token store). Across replicas, one lease per realm and interval
+in the store decides who probes; if the store is down, this replica probes rather than
+leave the realm unwatched. Probes go through the same admission path as proxied calls (the
+injected `probe`), a few at a time. After probing, the cycle catches up with state other
+replicas changed (closed circuits) and with time (ended throttles).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -24,6 +27,7 @@ from qbo_gateway.clock import Clock
 from qbo_gateway.health.alert_rules import iso
 from qbo_gateway.health.alerts import AlertManager
 from qbo_gateway.health.grading import update_realm_gauge
+from qbo_gateway.health.probe_doubt import rank
 from qbo_gateway.health.stats import RealmTable
 from qbo_gateway.health.store_memory import HealthStore
 from qbo_gateway.health.token_rules import TokenRules
@@ -34,14 +38,36 @@ from qbo_gateway.state.errors import StateUnavailable
 log = structlog.get_logger(__name__)
 
 
+class ProbeSpend(Protocol):
+    """How many probes a cycle may make (the read economy's probe budget)."""
+
+    async def allowance(self, *, owner: str, interval: float) -> int:
+        """Probes this cycle may make now (0 while the budget, the pace or the guard say
+        no, or while another replica spends this interval's share)."""
+        ...
+
+    def launched(self, n: int) -> None:
+        """`n` probes were started (counted while the meter cannot be read)."""
+        ...
+
+    async def report(self, next_cycle_at: float | None) -> dict[str, Any]:
+        """The budget's figures for /health/summary and /health/dashboard."""
+        ...
+
+
 @dataclass
 class CycleReport:
     at: float = 0.0
     realms: int = 0
+    candidates: int = 0
+    allowance: int | None = None  # None: no budget (every candidate may be probed)
     probed: int = 0
     skipped_busy: int = 0
     skipped_leased: int = 0
     skipped_reconnect: int = 0
+    skipped_cooling: int = 0
+    skipped_no_doubt: int = 0
+    skipped_budget: int = 0
     errors: int = 0
     duration: float = 0.0
 
@@ -49,10 +75,15 @@ class CycleReport:
         return {
             "at": iso(self.at),
             "realms": self.realms,
+            "candidates": self.candidates,
+            "allowance": self.allowance,
             "probed": self.probed,
             "skipped_busy": self.skipped_busy,
             "skipped_leased": self.skipped_leased,
             "skipped_reconnect": self.skipped_reconnect,
+            "skipped_cooling": self.skipped_cooling,
+            "skipped_no_doubt": self.skipped_no_doubt,
+            "skipped_budget": self.skipped_budget,
             "errors": self.errors,
             "duration_seconds": round(self.duration, 3),
         }
@@ -74,6 +105,7 @@ class ProbeCycle:
         probe: Callable[[str], Awaitable[None]],
         owner: str,
         probe_concurrency: int,
+        idle_seconds: float = 86400.0,
     ) -> None:
         self.table = table
         self.alerts = alerts
@@ -85,6 +117,8 @@ class ProbeCycle:
         self._load = load
         self._probe = probe
         self._probe_concurrency = probe_concurrency
+        self.idle_seconds = idle_seconds
+        self.budget: ProbeSpend | None = None  # set by the read economy's wiring
         self._monitor_task: asyncio.Task[None] | None = None
         self.last_cycle: CycleReport | None = None
 
@@ -100,8 +134,19 @@ class ProbeCycle:
             "last_cycle": self.last_cycle.to_json() if self.last_cycle else None,
         }
 
+    async def monitor_report(self) -> dict[str, Any]:
+        """`monitor_json` plus the probe budget's figures (read from the meter)."""
+        found = self.monitor_json()
+        if self.budget is not None:
+            next_cycle = None
+            if self.monitoring and self.last_cycle is not None:
+                next_cycle = self.last_cycle.at + self.table.interval
+            found["probe_budget"] = await self.budget.report(next_cycle)
+        return found
+
     async def run_cycle(self) -> CycleReport:
-        """One monitor pass: probe each idle realm this replica holds the lease for."""
+        """One monitor pass: probe the most doubtful idle realms the budget allows, each
+        only if this replica holds its lease."""
         table = self.table
         interval = table.interval
         started = self.clock.monotonic()
@@ -109,20 +154,28 @@ class ProbeCycle:
         report = CycleReport(at=now)
         await self.tokens.refresh(force=True)
         report.realms = len(table.realms)
+        circuits = {
+            realm_id
+            for realm_id, kinds in self.alerts.realms_with_alerts().items()
+            if "circuit_open" in kinds
+        }
+        ranking = rank(table, circuit_alerts=circuits, now=now, idle_seconds=self.idle_seconds)
+        report.candidates = len(ranking.candidates)
+        report.skipped_busy = ranking.busy
+        report.skipped_reconnect = ranking.reconnect
+        report.skipped_cooling = ranking.cooling
+        report.skipped_no_doubt = ranking.no_doubt
+        allowance = len(ranking.candidates)
+        if self.budget is not None and ranking.candidates:
+            allowance = await self.budget.allowance(owner=self.owner, interval=interval)
+            report.allowance = allowance
         todo: list[str] = []
-        for realm_id in sorted(table.realms):
-            token = table.tokens.get(realm_id)
-            if token is not None and token.needs_reconnect:
-                report.skipped_reconnect += 1
-                continue
-            stats = table.stats.get(realm_id)
-            if (
-                stats is not None
-                and stats.last_live_success_at is not None
-                and stats.last_live_success_at > now - interval
-            ):
-                report.skipped_busy += 1
-                continue
+        walked = 0
+        for doubt in ranking.candidates:
+            if len(todo) >= allowance:
+                break
+            walked += 1
+            realm_id = doubt.realm_id
             try:
                 lease = await self.store.acquire_probe(
                     realm_id, owner=self.owner, now=now, interval=interval
@@ -135,6 +188,9 @@ class ProbeCycle:
                 report.skipped_leased += 1
             else:
                 todo.append(realm_id)
+        report.skipped_budget = len(ranking.candidates) - walked
+        if self.budget is not None:
+            self.budget.launched(len(todo))
         self.metrics.health_checks.labels(result="skipped_busy").inc(report.skipped_busy)
         gate = asyncio.Semaphore(self._probe_concurrency)
 

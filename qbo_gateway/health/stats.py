@@ -68,6 +68,10 @@ class RealmStats:
         self.last_stale_at: float | None = None
         self.stale_reason: str | None = None
         self.throttled_until: float | None = None
+        # Remembered past the cool-down and the alert: the probe cycle's reasons to doubt.
+        self.last_throttled_at: float | None = None
+        self.reconnected_at: float | None = None
+        self.token_trouble_at: float | None = None  # refresh failing or outcome unknown since
         self.breaker = BreakerState.CLOSED
         self.latency_sum = 0.0
         self.latency_n = 0

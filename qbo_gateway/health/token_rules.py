@@ -80,10 +80,13 @@ class TokenRules:
             return
         if event == "refreshed":
             self.alerts.set_condition(realm_id, "token_store_rollback", None)
+        elif event == "reconnected":
+            table.stats_for(realm_id).reconnected_at = now  # a new grant, not yet proven
         if record is not None:
             table.tokens[realm_id] = _status(realm_id, record, event, table.tokens.get(realm_id))
         status = table.tokens.get(realm_id)
         if event == "refresh_failed":
+            self._token_trouble(realm_id, True, now)
             if status is not None:
                 table.tokens[realm_id] = replace(status, refresh_failing=True)
             valid = status is not None and status.access_expires_at > now
@@ -160,6 +163,9 @@ class TokenRules:
         table.tokens = {s.realm_id: s for s in statuses}
         table.realms_loaded_at = now
         for realm_id, status in table.tokens.items():
+            self._token_trouble(
+                realm_id, status.refresh_failing or status.refresh_outcome_unknown, now
+            )
             active = self.alerts.active_for(realm_id)
             if status.needs_reconnect:
                 if "reconnect_required" not in active:
@@ -187,6 +193,14 @@ class TokenRules:
         for realm_id in list(self.alerts.realms_with_alerts()):
             if realm_id not in table.realms and realm_id != APP_WIDE:
                 self.alerts.clear_realm(realm_id)
+
+    def _token_trouble(self, realm_id: str, trouble: bool, now: float) -> None:
+        """When the realm's token trouble began (for the probe cycle's doubt), or None."""
+        stats = self.table.stats.get(realm_id)
+        if trouble and (stats is None or stats.token_trouble_at is None):
+            self.table.stats_for(realm_id).token_trouble_at = now
+        elif not trouble and stats is not None:
+            stats.token_trouble_at = None
 
     async def refresh_quietly(self) -> None:
         try:

@@ -206,6 +206,7 @@ class TrafficRules:
     def throttled(self, realm_id: str, *, until: float) -> None:
         stats = self.table.stats_for(realm_id)
         stats.throttled_until = max(until, stats.throttled_until or 0.0)
+        stats.last_throttled_at = self.clock.now()
         self.alerts.set_condition(
             realm_id,
             "throttled",

@@ -94,7 +94,7 @@ class HealthViews:
             "status": overall_status(counts),
             "generated_at": iso(now),
             "realms": {"total": len(self.table.realms), **counts},
-            "monitor": self.cycle.monitor_json(),
+            "monitor": await self.cycle.monitor_report(),
             "alerts": {
                 "active": len(active),
                 "by_severity": by_severity,
@@ -140,7 +140,7 @@ class HealthViews:
             },
             "alerts": self._alert_counts(),
             "sla": sla,
-            "monitor": self.cycle.monitor_json(),
+            "monitor": await self.cycle.monitor_report(),
             "realms": rows,
             "realms_total": len(selected),
             "offset": offset,

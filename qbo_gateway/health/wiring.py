@@ -63,6 +63,7 @@ class HealthOptions:
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
     webhook_url: str | None = None
     probe_concurrency: int = 8
+    probe_idle_seconds: float = 86400.0
     tick_seconds: float = 5.0
     status_cache_seconds: float = 30.0
     webhook_base_delay: float = 1.0
@@ -80,6 +81,7 @@ class HealthOptions:
                 detect_seconds=settings.sla_detect_seconds,
             ),
             autostart=settings.monitor_autostart,
+            probe_idle_seconds=settings.probe_idle_seconds,
             thresholds=AlertThresholds(
                 slow_warning=settings.alert_slow_warning_seconds,
                 slow_critical=settings.alert_slow_critical_seconds,
@@ -193,6 +195,7 @@ def build_health(
         probe=sources.probe,
         owner=owner or uuid.uuid4().hex[:12],
         probe_concurrency=options.probe_concurrency,
+        idle_seconds=options.probe_idle_seconds,
     )
     health = Health(
         options=options,
