@@ -15,7 +15,7 @@ reads with one CDC call per realm saves over reading each again):
 
 It reports CorePlus calls per hour in each run (the gateway's own meter), the saving, the
 stale-answer rate (answers from the cache that differ from what QBO held at that moment)
-and the monitor's probe spend at 10,000 realms. Time is a ManualClock: the hour passes in
+and the monitor's probe spend at 10,000 realms (the old policy's against the budget's). Time is a ManualClock: the hour passes in
 seconds of wall time.
 
     .venv/bin/python bench/economy.py [--realms 1000] [--requests 6000] [--seed 7]
@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qbo_gateway.app import Gateway, build_gateway
 from qbo_gateway.clock import ManualClock
 from qbo_gateway.economy.freshness import DEFAULT_ENTITY_FRESH
-from qbo_gateway.settings import load_settings
+from qbo_gateway.economy.probe_budget import monthly_budget
+from qbo_gateway.settings import Settings, load_settings
 from qbo_gateway.simulator import Simulator
 
 HOUR = 3600.0
@@ -219,10 +220,21 @@ async def replay(overrides: dict[str, Any], args: argparse.Namespace) -> dict[st
 
 
 def probe_spend(realms: int) -> dict[str, float]:
-    """The monitor's metered reads at `realms` idle realms: one companyinfo per interval each
-    (the probe cycle skips only realms with live traffic; it has no budget yet)."""
+    """The monitor's metered reads a month at `realms` idle realms: the old policy (one
+    companyinfo per idle realm and interval) against the probe budget at the defaults,
+    which caps it whatever the fleet (bench/probe_month.py runs the month to measure it)."""
     per_hour = realms * HOUR / MONITOR_INTERVAL
-    return {"realms": realms, "per_hour": per_hour, "per_month_30d": per_hour * 24 * 30}
+    fields = Settings.model_fields
+    budget = monthly_budget(
+        float(fields["probe_budget_share"].default),
+        int(fields["coreplus_monthly_limit"].default),
+    )
+    return {
+        "realms": realms,
+        "old_policy_per_hour": per_hour,
+        "old_policy_per_month_30d": per_hour * 24 * 30,
+        "budget_per_month": budget,
+    }
 
 
 async def main(args: argparse.Namespace) -> None:

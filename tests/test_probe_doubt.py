@@ -110,6 +110,7 @@ async def test_the_cycle_probes_the_most_doubtful_first_within_its_allowance() -
         4,
     )
     assert budget.launched_total == 3
+    assert report.to_json()["reasons"] == {"breaker_not_closed": 1, "failing": 1, "reconnected": 1}
     # The probes succeeded: those doubts are settled, the next most doubtful come next.
     gw.probed.clear()
     gw.clock.advance(300)

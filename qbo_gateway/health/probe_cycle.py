@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -70,6 +71,7 @@ class CycleReport:
     skipped_budget: int = 0
     errors: int = 0
     duration: float = 0.0
+    reasons: Counter[str] = field(default_factory=Counter)  # the strongest, per probe made
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class CycleReport:
             "skipped_cooling": self.skipped_cooling,
             "skipped_no_doubt": self.skipped_no_doubt,
             "skipped_budget": self.skipped_budget,
+            "reasons": dict(sorted(self.reasons.items())),
             "errors": self.errors,
             "duration_seconds": round(self.duration, 3),
         }
@@ -160,18 +163,18 @@ class ProbeCycle:
             if "circuit_open" in kinds
         }
         ranking = rank(table, circuit_alerts=circuits, now=now, idle_seconds=self.idle_seconds)
-        report.candidates = len(ranking.candidates)
+        report.candidates = len(ranking)
         report.skipped_busy = ranking.busy
         report.skipped_reconnect = ranking.reconnect
         report.skipped_cooling = ranking.cooling
         report.skipped_no_doubt = ranking.no_doubt
-        allowance = len(ranking.candidates)
-        if self.budget is not None and ranking.candidates:
+        allowance = len(ranking)
+        if self.budget is not None and allowance:
             allowance = await self.budget.allowance(owner=self.owner, interval=interval)
             report.allowance = allowance
         todo: list[str] = []
         walked = 0
-        for doubt in ranking.candidates:
+        for doubt in ranking.ordered():
             if len(todo) >= allowance:
                 break
             walked += 1
@@ -188,7 +191,8 @@ class ProbeCycle:
                 report.skipped_leased += 1
             else:
                 todo.append(realm_id)
-        report.skipped_budget = len(ranking.candidates) - walked
+                report.reasons[doubt.reasons[0]] += 1
+        report.skipped_budget = len(ranking) - walked
         if self.budget is not None:
             self.budget.launched(len(todo))
         self.metrics.health_checks.labels(result="skipped_busy").inc(report.skipped_busy)
