@@ -40,7 +40,7 @@ from qbo_gateway.clock import ManualClock
 from qbo_gateway.economy.backend_memory import MemoryMeterBackend
 from qbo_gateway.economy.meter import Meter, MeterOptions
 from qbo_gateway.economy.probe_budget import ProbeBudget
-from qbo_gateway.economy.records import month_of
+from qbo_gateway.economy.records import PROBE, month_of
 from qbo_gateway.faults import FaultClass
 from qbo_gateway.health.store_memory import MemoryHealthStore
 from qbo_gateway.health.wiring import Health, HealthOptions, HealthSources, build_health
@@ -181,7 +181,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await meter.drained()
         await monitor.flush()
         clock.advance(interval)
-    fig = await budget.figures()
+    spent = await meter.backend.count(month.label, PROBE)  # the month's, now it is over
     await monitor.close()
     await meter.close()
     return {
@@ -192,10 +192,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "interval_seconds": interval,
         "old_policy_probes": old_policy,
         "old_policy_every_idle_realm_30d": args.realms * 30 * DAY / interval,
-        "budget": fig.budget,
-        "probes": fig.spent,
+        "budget": budget.budget,
+        "probes": spent,
         "probes_by_strongest_reason": dict(reasons.most_common()),
-        "saving_vs_old": round(1 - fig.spent / max(1, old_policy), 5),
+        "old_over_new": round(old_policy / max(1, spent)),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
 

@@ -17,12 +17,13 @@ import pytest
 from cryptography.fernet import Fernet
 
 from qbo_gateway.clock import ManualClock
+from qbo_gateway.commands.check_config import check_config
 from qbo_gateway.economy.probe_budget import BudgetFigures, monthly_budget
 from qbo_gateway.economy.records import month_of, zone_named
 from qbo_gateway.economy.report import month_report
 from qbo_gateway.simulator.faults import FaultRule
 from tests.cache_rig import Rig, start_rig
-from tests.harness import REALM, start_gateway, start_sim
+from tests.harness import REALM, settings_for, start_gateway, start_sim
 from tests.redis_server import RedisServer
 
 KEYS = Fernet.generate_key().decode()
@@ -73,6 +74,15 @@ def test_a_spent_budget_and_the_guard_stop_probes_until_the_month_ends() -> None
     assert (guarded.state, guarded.allowance(), guarded.next_due()) == ("guard", 0, JANUARY.end)
     # Past the month's last second the pace never passes the budget.
     assert fig(30_999, 40).paced == 31_000 and fig(30_999, 40).allowance() == 1
+
+
+def test_check_config_states_the_probe_budget(tmp_path: Path) -> None:
+    _, notes = check_config(settings_for("http://127.0.0.1:9", tmp_path))
+    assert "monitor probe budget: 25000 metered reads a month (0.05 of" in "\n".join(notes)
+    _, notes = check_config(settings_for("http://127.0.0.1:9", tmp_path, probe_budget_share=0))
+    assert any(
+        n.startswith("warning: QBO_PROBE_BUDGET_SHARE gives the monitor no probes") for n in notes
+    )
 
 
 # --------------------------------------------------------------------------- whole gateways
@@ -155,21 +165,20 @@ async def test_probes_keep_to_the_pace_and_the_budget_resets_with_the_month(
     assert await cycle(rig) == 0  # four spent: the pace allows no more yet
     budget = await budget_json(rig)
     assert (budget["spent"], budget["state"]) == (4, "paced")
-    # No monitor running, no probe announced; with it running, the fifth is due when half
-    # of January (in New York) has passed.
+    # No monitor running, no probe announced; with its next cycle in five minutes, the
+    # fifth is due when half of January (in New York) has passed. (The loop itself is not
+    # started: a ManualClock's sleep would run its cycles back to back.)
     assert budget["next_probe_due"] is None
     month = month_of(rig.clock.now(), zone_named("America/New_York"))
     assert budget["resets_at"] == "2027-02-01T05:00:00Z" == iso(month.end)
-    await rig.gateway.health.cycle.start()
-    try:
-        budget = await budget_json(rig)
-        assert budget["next_probe_due"] == iso(month.start + month.seconds / 2)
-        summary = await rig.gateway.health.views.summary()
-        assert summary["monitor"]["probe_budget"]["spent"] == 4
-        dashboard = await rig.gateway.health.views.dashboard()
-        assert dashboard["monitor"]["probe_budget"]["budget"] == 10
-    finally:
-        await rig.gateway.health.cycle.stop()
+    spend = rig.gateway.health.cycle.budget
+    assert spend is not None
+    later = await spend.report(rig.clock.now() + 300)
+    assert later["next_probe_due"] == iso(month.start + month.seconds / 2)
+    summary = await rig.gateway.health.views.summary()
+    assert summary["monitor"]["probe_budget"]["spent"] == 4
+    dashboard = await rig.gateway.health.views.dashboard()
+    assert dashboard["monitor"]["probe_budget"]["budget"] == 10
 
     # Days pass without a cycle: the unspent pace is not burst at once.
     rig.clock.advance(10 * DAY)

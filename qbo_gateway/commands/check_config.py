@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from qbo_gateway.economy.probe_budget import monthly_budget
 from qbo_gateway.ops.read_guard import open_health_warning
 from qbo_gateway.proxy.callers import CallersFileError, load_callers
 from qbo_gateway.settings import Settings
@@ -37,6 +38,18 @@ def state_dir_problem(path: Path) -> str | None:
     except OSError as exc:
         return f"QBO_STATE_DIR={path}: cannot create a file in {probe} ({exc.strerror})"
     return None
+
+
+def _probe_budget_note(settings: Settings) -> str:
+    budget = monthly_budget(settings.probe_budget_share, settings.coreplus_monthly_limit)
+    if budget <= 0:
+        return (
+            "warning: QBO_PROBE_BUDGET_SHARE gives the monitor no probes: idle realms go unchecked"
+        )
+    return (
+        f"monitor probe budget: {budget} metered reads a month "
+        f"({settings.probe_budget_share:g} of QBO_COREPLUS_MONTHLY_LIMIT)"
+    )
 
 
 def check_config(settings: Settings) -> tuple[list[str], list[str]]:
@@ -69,6 +82,7 @@ def check_config(settings: Settings) -> tuple[list[str], list[str]]:
         notes.append(f"Redis {settings.redis_mode} mode (not contacted by check-config)")
     if not settings.client_id or not settings.client_secret.get_secret_value():
         notes.append("QBO_CLIENT_ID/QBO_CLIENT_SECRET unset: token refresh will fail")
+    notes.append(_probe_budget_note(settings))
     exposed = open_health_warning(settings)
     if exposed:
         notes.append(f"warning: {exposed}; set QBO_OPS_READ_TOKEN")
