@@ -49,10 +49,13 @@ class RealmStats:
         "last_live_success_at",
         "last_stale_at",
         "last_success_at",
+        "last_throttled_at",
         "latency_n",
         "latency_sum",
+        "reconnected_at",
         "stale_reason",
         "throttled_until",
+        "token_trouble_at",
     )
 
     def __init__(self, bucket_seconds: float) -> None:
