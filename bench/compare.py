@@ -98,10 +98,10 @@ def get(url: str) -> dict[str, str]:
         return dict(err.headers)
 
 
-def degrade(fleet: Fleet, answers: list[str]) -> Target:
+def degrade(fleet: Fleet, answers: list[str], command: list[str] | None = None) -> Target:
     """A gateway whose cache holds both answers and whose upstream is then gone."""
     nginx, upstream = fleet.nginx()
-    proc, base, _ = fleet.gateway(upstream)
+    proc, base, _ = fleet.gateway(upstream, command=command)
     for answer in answers:
         get(base + PATHS[answer])
     nginx.terminate()

@@ -173,26 +173,36 @@ http {{
         wait_http(f"{base}/ready")
         return proc, base
 
-    def bare(self, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+    def bare(
+        self, upstream: str, *, command: list[str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """The bare proxy; `command` replaces `python bench/bare_proxy.py` (a profiler)."""
         port = free_port()
-        proc = self.spawn(
-            [sys.executable, str(ROOT / "bench" / "bare_proxy.py"), upstream, str(port)]
-        )
+        command = command or [sys.executable, str(ROOT / "bench" / "bare_proxy.py")]
+        proc = self.spawn([*command, upstream, str(port)])
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/ready")
         return proc, base
 
     def gateway(
-        self, upstream: str, *, redis_url: str | None = None, extra: dict[str, str] | None = None
+        self,
+        upstream: str,
+        *,
+        redis_url: str | None = None,
+        extra: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> tuple[subprocess.Popen[bytes], str, str]:
-        """A gateway process (`serve`); returns (process, proxy URL, ops URL)."""
+        """A gateway process (`serve`); returns (process, proxy URL, ops URL).
+
+        `command` replaces `python -m qbo_gateway` (a profiler's wrapper)."""
         proxy_port, ops_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("QBO_")}
         env.update(gateway_env(upstream, self.tempdir("qbogw-bench-"), proxy_port, ops_port))
         if redis_url:
             env["QBO_REDIS_URL"] = redis_url
         env.update(extra or {})
-        proc = self.spawn([sys.executable, "-m", "qbo_gateway", "serve"], env)
+        command = command or [sys.executable, "-m", "qbo_gateway"]
+        proc = self.spawn([*command, "serve"], env)
         wait_http(f"http://127.0.0.1:{ops_port}/readyz")
         return proc, f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{ops_port}"
 

@@ -12,8 +12,9 @@ traceback) is also scrubbed by `log_foreign`, which finds credentials in raw hea
 
 The per-request summary line is the one event written on every request, so it takes a
 short path (`access_line`): its fields are fixed, only the ones that carry text from
-outside (path, request id, upstream ids) can hold a secret and are scrubbed, and it is
-rendered with one `json.dumps` straight to the configured handler's stream. Whenever the
+outside (path, request id, upstream ids) can hold a secret and are scrubbed (values that
+recur, like paths, from a memo emptied whenever a new secret is registered), and it is
+rendered with orjson straight to the configured handler's stream. Whenever the
 process's logging is not the configuration made here (console format, a test capturing
 logs), the line goes through structlog's chain like any other event.
 """
@@ -25,11 +26,13 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
 
 from qbo_gateway.log_foreign import scrub_exception, scrub_foreign
@@ -58,21 +61,28 @@ class SecretRegistry:
     _MIN_LEN = 12  # shorter values would scrub ordinary words
     _RUN = re.compile(r"[A-Za-z0-9._~+/=-]{12,}")
     _PART = re.compile(r"[A-Za-z0-9._~-]{12,}")
+    _MEMO_MAX = 2048  # scrubbed texts remembered by `scrub_recurring`
 
     def __init__(self, max_tokens: int = 4096) -> None:
         self._lock = threading.Lock()
         self._static: set[str] = set()
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._max_tokens = max_tokens
+        self._memo: dict[str, str] = {}
 
     def add(self, *values: str | None) -> None:
         with self._lock:
-            self._static.update(v for v in values if v and len(v) >= self._MIN_LEN)
+            new = {v for v in values if v and len(v) >= self._MIN_LEN} - self._static
+            if new:
+                self._static.update(new)
+                self._memo = {}  # a remembered text may hold the new secret
 
     def add_token(self, *values: str | None) -> None:
         with self._lock:
             for value in values:
                 if value and len(value) >= self._MIN_LEN:
+                    if value not in self._recent:
+                        self._memo = {}  # a remembered text may hold the new token
                     self._recent[value] = None
                     self._recent.move_to_end(value)
             while len(self._recent) > self._max_tokens:
@@ -85,8 +95,25 @@ class SecretRegistry:
         run = match.group(0)
         if self._known(run):
             return REDACTED
+        if self._PART.fullmatch(run):
+            return run  # no separator inside: the run is its only part, checked above
         # A secret glued to other characters ("token=<secret>", "<secret>/x").
         return self._PART.sub(lambda m: REDACTED if self._known(m.group(0)) else m.group(0), run)
+
+    def scrub_recurring(self, text: str) -> str:
+        """`scrub`, remembered: for texts that recur (paths, upstream ids), not unique ones.
+
+        The memo is replaced whenever a secret not known before is added, so a remembered
+        text is never one scrubbed without a secret the registry holds now.
+        """
+        memo = self._memo  # the one in force now: an addition meanwhile replaces it
+        found = memo.get(text)
+        if found is None:
+            found = self.scrub(text)
+            if len(memo) >= self._MEMO_MAX:
+                memo.clear()
+            memo[text] = found
+        return found
 
     def scrub(self, text: str) -> str:
         if self._static or self._recent:
@@ -187,15 +214,24 @@ class _AccessSink:
         self.processors = processors  # identity tells whether structlog still runs our chain
         self.enabled = enabled
 
-    def write(self, fields: dict[str, Any], untrusted: tuple[str, ...]) -> None:
+    def write(
+        self, fields: dict[str, Any], untrusted: tuple[str, ...], recurring: tuple[str, ...]
+    ) -> None:
         for name in untrusted:
             value = fields.get(name)
             if value.__class__ is str:
                 fields[name] = SECRETS.scrub(value)
+        for name in recurring:
+            value = fields.get(name)
+            if value.__class__ is str:
+                fields[name] = SECRETS.scrub_recurring(value)
         fields["level"] = "info"
         fields["logger"] = _ACCESS_LOGGER
-        fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        text = json.dumps(fields, default=str) + "\n"
+        fields["timestamp"] = _utc_timestamp()
+        try:
+            text = orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
+        except orjson.JSONEncodeError:  # a lone surrogate from undecodable header bytes
+            text = json.dumps(fields, default=str) + "\n"
         handler = self.handler
         handler.acquire()  # the stdlib's own lock: lines from threads never interleave
         try:
@@ -208,19 +244,36 @@ class _AccessSink:
 _ACCESS_LOGGER = "qbo_gateway.access"
 _access_sink: _AccessSink | None = None
 _access_fallback = structlog.get_logger(_ACCESS_LOGGER)
+_stamp_second = -1
+_stamp_prefix = ""
 
 
-def access_line(fields: dict[str, Any], *, untrusted: tuple[str, ...]) -> None:
+def _utc_timestamp() -> str:
+    """ISO 8601 UTC with microseconds and `Z`; the date and time are formatted once a second."""
+    global _stamp_second, _stamp_prefix
+    now = time.time()
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _stamp_second = second
+    return f"{_stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def access_line(
+    fields: dict[str, Any], *, untrusted: tuple[str, ...], recurring: tuple[str, ...] = ()
+) -> None:
     """Write the per-request summary line (`event` first in `fields`), cheaply.
 
-    `untrusted` names the fields whose text came from outside the gateway (caller or QBO)
-    and may hold a secret; every other field must be the gateway's own (numbers, codes,
-    outcomes, configured names), which is what makes scrubbing only these safe.
+    `untrusted` and `recurring` name the fields whose text came from outside the gateway
+    (caller or QBO) and may hold a secret; every other field must be the gateway's own
+    (numbers, codes, outcomes, configured names), which is what makes scrubbing only these
+    safe. `recurring` ones (paths, upstream ids) are scrubbed through a memo, `untrusted`
+    ones (a request id, unique per request) each time.
     """
     sink = _access_sink
     if sink is not None and structlog.get_config()["processors"] is sink.processors:
         if sink.enabled:
-            sink.write(fields, untrusted)
+            sink.write(fields, untrusted, recurring)
         return
     event = fields.pop("event")
     _access_fallback.info(event, **fields)

@@ -15,6 +15,7 @@ import structlog
 from qbo_gateway.logs import (
     REDACTED,
     SecretRegistry,
+    access_line,
     configure_logging,
     failure,
     register_secrets,
@@ -127,7 +128,8 @@ async def test_no_token_in_any_line_of_a_gateway_run(
         record = await s.gateway.store.get(REALM)
         assert record is not None
         text = log_output.getvalue()
-        assert '"event": "request"' in text and "token_reconnect_required" in text
+        events = {line["event"] for line in lines(log_output)}
+        assert {"request", "token_reconnect_required"} <= events
         for secret in (
             s.pair.access_token,
             s.pair.refresh_token,
@@ -178,3 +180,25 @@ def test_summary_line_follows_the_level(log_output: io.StringIO) -> None:
     access_line({"event": "request", "request_id": "r2"}, untrusted=("request_id",))
     (line,) = lines(log_output)
     assert line["request_id"] == "r2"
+
+
+def test_a_remembered_scrub_is_forgotten_when_a_secret_is_added() -> None:
+    registry = SecretRegistry()
+    path = "companyinfo/late-registered-token-0042"
+    assert registry.scrub_recurring(path) == path
+    registry.add_token("late-registered-token-0042")
+    assert registry.scrub_recurring(path) == f"companyinfo/{REDACTED}"
+    registry.add("later-static-secret-0042")
+    assert registry.scrub_recurring("x/later-static-secret-0042") == f"x/{REDACTED}"
+
+
+def test_summary_line_keeps_undecodable_header_text() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    access_line(
+        {"event": "request", "request_id": "r3", "intuit_tid": "tid-\udcff"},
+        untrusted=("request_id",),
+        recurring=("intuit_tid",),
+    )
+    (line,) = lines(out)
+    assert line["request_id"] == "r3" and line["intuit_tid"].startswith("tid-")

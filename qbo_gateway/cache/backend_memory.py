@@ -38,6 +38,16 @@ def entry_cost(key_hash: str, entry: CachedEntry) -> int:
     return size + _BOOKKEEPING
 
 
+def _same_size(old: CachedEntry, new: CachedEntry) -> bool:
+    """Whether `entry_cost` would give both the same figure (same lengths, same headers)."""
+    return (
+        len(old.body) == len(new.body)
+        and old.headers == new.headers
+        and (old.fresh_for is None) == (new.fresh_for is None)
+        and len(old.realm_id) == len(new.realm_id)
+    )
+
+
 class _Entries(LRUCache[_Slot, _Held]):
     def __init__(self, max_bytes: int, metrics: Metrics | None) -> None:
         super().__init__(maxsize=max_bytes, getsizeof=lambda held: held[2])
@@ -76,10 +86,16 @@ class MemoryCacheBackend:
             del self._entries[slot]
             self._publish()
             return None, epoch
+        if entry.realm_epoch == epoch:  # no write since it was stored: no copy needed
+            return entry, epoch
         return replace(entry, realm_epoch=epoch), epoch
 
     async def put(self, realm_id: str, key_hash: str, entry: CachedEntry, *, ttl: float) -> bool:
-        cost = entry_cost(key_hash, entry)
+        held = self._entries.get((realm_id, key_hash))
+        if held is not None and _same_size(held[0], entry):
+            cost = held[2]  # the same read stored again (the usual case): same cost
+        else:
+            cost = entry_cost(key_hash, entry)
         if cost > self._max_bytes or ttl <= 0:
             return False
         self._entries[(realm_id, key_hash)] = (entry, self._clock.now() + ttl, cost)

@@ -79,6 +79,7 @@ class ResponseCache:
         self.max_entry_bytes = max_entry_bytes
         self._landing: dict[CacheKey, asyncio.Future[None]] = {}
         self._events: dict[str, Any] = {}  # labelled children: labels() locks on every call
+        self._stale_counts: dict[str, Any] = {}
 
     @property
     def enabled(self) -> bool:
@@ -258,7 +259,7 @@ class ResponseCache:
         else:
             cache_status = f"{CACHE_NAME}; hit; ttl={ttl}; detail={reason}"
         headers["Cache-Status"] = cache_status
-        self._metrics.stale_served.labels(reason=reason).inc()
+        self._count_stale(reason)
         self._observer.stale_served(entry.realm_id, reason=reason, age=age)
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
@@ -268,13 +269,19 @@ class ResponseCache:
         ttl = math.floor(self.freshness(entry) - age)
         headers = self._entry_headers(entry, age)
         headers["Cache-Status"] = f"{CACHE_NAME}; hit; ttl={ttl}; detail={READ_BUDGET}"
-        self._metrics.stale_served.labels(reason=READ_BUDGET).inc()
+        self._count_stale(READ_BUDGET)
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     def _entry_headers(self, entry: CachedEntry, age: float) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict(entry.headers)
         headers["Age"] = str(math.floor(age))
         return headers
+
+    def _count_stale(self, reason: str) -> None:
+        child = self._stale_counts.get(reason)
+        if child is None:
+            child = self._stale_counts[reason] = self._metrics.stale_served.labels(reason=reason)
+        child.inc()
 
     def _event(self, event: str) -> None:
         child = self._events.get(event)

@@ -5,7 +5,8 @@ Every request the proxy answers ends here exactly once, whatever path it took: t
 `request` log line (never the query: it holds customers' SQL), the `qbo_gateway_requests_*`
 metrics and, when the answer says something about the realm, an observer event.
 It runs on every request, so it is kept cheap: the labelled metric children are looked up
-once per label set, and the line goes through `logs.access_line` (one `json.dumps`).
+once per label set, and the line goes through `logs.access_line` (orjson, paths scrubbed
+through a memo).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"
 # Refusals that say something about the realm's health (the others are the caller's).
 _REALM_REFUSALS = frozenset({"GW-RATE-LIMITED", "GW-CIRCUIT-OPEN", "GW-RECONNECT-REQUIRED"})
 # Fields of the line whose text comes from the caller or from QBO: only these can carry a
-# secret (a key pasted into a path or a request id); the rest are the gateway's own.
-_UNTRUSTED = ("request_id", "path", "intuit_tid")
+# secret (a key pasted into a path or a request id); the rest are the gateway's own. A
+# request id is unique per request; paths and upstream ids recur (scrubbed through a memo).
+_UNTRUSTED = ("request_id",)
+_RECURRING = ("path", "intuit_tid")
 
 
 @dataclass
@@ -92,6 +95,7 @@ class AccessLog:
                 "cache_status": rec.cache_status,
             },
             untrusted=_UNTRUSTED,
+            recurring=_RECURRING,
         )
 
     def _count(self, method: str, outcome: str, code: str) -> None:

@@ -57,6 +57,8 @@ _NOT_FORWARDED = frozenset(
 _NOT_RETURNED = frozenset(
     {"authorization", "proxy-authorization", "set-cookie", "content-length", "content-encoding"}
 )
+_DROPPED_FORWARD = HOP_BY_HOP | _NOT_FORWARDED
+_DROPPED_RETURN = HOP_BY_HOP | _NOT_RETURNED
 
 
 @dataclass(frozen=True)
@@ -135,11 +137,16 @@ def check_path(raw_target: str) -> Target:
     return Target(realm_id, rest, query)
 
 
-def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    named: set[str] = set()
-    for value in headers.getall("Connection", []):
-        named.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return named
+def _dropped(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], always: frozenset[str]
+) -> frozenset[str]:
+    """`always`, and the headers a `Connection` header names (hop-by-hop by RFC 9110)."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return always
+    named = {token.strip().lower() for value in values for token in value.split(",")}
+    named.discard("")
+    return always | named
 
 
 def forward_headers(
@@ -148,7 +155,7 @@ def forward_headers(
     """The caller's headers QBO may see. `withhold`: the caller's key, dropped from any
     header it appears in (a caller that copies its key into another header by mistake
     must not have it sent to Intuit)."""
-    dropped = HOP_BY_HOP | _NOT_FORWARDED | _connection_named(incoming)
+    dropped = _dropped(incoming, _DROPPED_FORWARD)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
@@ -164,7 +171,7 @@ def forward_headers(
 
 
 def returned_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP | _NOT_RETURNED | _connection_named(upstream)
+    dropped = _dropped(upstream, _DROPPED_RETURN)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in dropped:
