@@ -298,7 +298,9 @@ class QboCaller:
         rec.intuit_tid = response.headers.get("intuit_tid") or rec.intuit_tid
         error_body: bytes | None = None
         if response.status >= 400:
-            error_body = await _read_bounded(response, _ERROR_BODY_LIMIT)
+            error_body = await _read_bounded(
+                response, _ERROR_BODY_LIMIT, req.deadline - self.clock.monotonic()
+            )
         fault = classify(response.status, error_body)
         rec.fault = fault
         self._observe(fault.value, elapsed)
@@ -340,15 +342,16 @@ class QboCaller:
         return True
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int, seconds: float) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                break
-            chunks.append(chunk)
+        async with asyncio.timeout(max(0.0, seconds)):  # the request's deadline bounds it too
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
     except (aiohttp.ClientError, TimeoutError):
-        pass  # a broken error body is still an error; classify what arrived
+        pass  # a broken or late error body is still an error; classify what arrived
     return b"".join(chunks)

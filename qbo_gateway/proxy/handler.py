@@ -183,7 +183,8 @@ class Proxy:
         try:
             exchange = await self.caller.call(req, rec)
             try:
-                await exchange.response.read()
+                async with exchange.within_deadline():
+                    await exchange.response.read()
             finally:
                 status = exchange.response.status
                 exchange.close()

@@ -18,6 +18,9 @@ from yarl import URL
 
 from qbo_gateway.faults import UpstreamTimeout, UpstreamUnavailable
 
+_CONNECT_SECONDS = 5.0
+_CONNECT = aiohttp.ClientTimeout(connect=_CONNECT_SECONDS)
+
 
 class UpstreamConnectError(UpstreamUnavailable):
     """The connection was never made: QBO cannot have seen the request."""
@@ -66,6 +69,9 @@ class Upstream:
         """One attempt; `budget` is the seconds left before the request's deadline."""
         if budget <= 0:
             raise UpstreamTimeout("The request deadline passed before QBO was called")
+        # No sock_read timer: it would be re-armed on every chunk QBO sends. The headers are
+        # bounded here, and every read of the body by the request's deadline (the Exchange).
+        timeout = _CONNECT if budget >= _CONNECT_SECONDS else aiohttp.ClientTimeout(connect=budget)
         try:
             async with asyncio.timeout(budget):
                 return await self.session.request(
@@ -74,9 +80,7 @@ class Upstream:
                     headers=req.headers,
                     data=req.body,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, connect=min(budget, 5.0), sock_read=budget
-                    ),
+                    timeout=timeout,
                 )
         except TimeoutError as exc:
             raise UpstreamTimeout("QBO did not answer before the request deadline") from exc
