@@ -8,6 +8,7 @@ for either). The connection bound lives here because it needs every open connect
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +47,10 @@ class EdgeServer(Server):
 EDGE_LIMITS = web.AppKey("edge_limits", EdgeLimits)
 """Each listener's application carries its limits, so the daemon and tests serve it alike."""
 
+Refusal = Callable[[web.BaseRequest, web.HTTPException], web.StreamResponse]
+EDGE_REFUSALS: web.AppKey[Refusal] = web.AppKey("edge_refusals")
+"""A listener's own answer to aiohttp's refusals (default: `http_exception_fault`)."""
+
 
 class EdgeRunner(web.AppRunner):
     """`web.AppRunner` whose server is an `EdgeServer` with the app's `EDGE_LIMITS`."""
@@ -58,16 +63,17 @@ class EdgeRunner(web.AppRunner):
     async def _make_server(self) -> Server:
         base = await super()._make_server()
         app_handler = base.request_handler
+        refusal = self.app.get(EDGE_REFUSALS) or http_exception_fault
 
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
-            # Refusals aiohttp raises before any middleware runs (an unknown `Expect`)
+            # Refusals aiohttp raises outside any handler (no route, an unknown `Expect`)
             # would otherwise go out as its plain text.
             try:
                 return await app_handler(request)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                return http_exception_fault(request, exc)
+                return refusal(request, exc)
 
         return EdgeServer(
             handler,

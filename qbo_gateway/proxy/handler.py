@@ -22,6 +22,7 @@ from qbo_gateway.cache.read_through import BudgetGuard, ReadThrough
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock
 from qbo_gateway.economy.freshness import EntityFreshness
+from qbo_gateway.edge.answers import refuse_method
 from qbo_gateway.faults import (
     CircuitOpen,
     GatewayError,
@@ -90,6 +91,9 @@ class Proxy:
         self.request_timeout = request_timeout
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        refused = refuse_method(request)
+        if refused is not None:
+            return refused
         started = time.perf_counter()
         rec = RequestRecord(request_id=request_id_of(request.headers), method=request.method)
         response: web.StreamResponse

@@ -13,7 +13,8 @@ from qbo_gateway.cache.records import CacheBackend
 from qbo_gateway.cache.response_cache import ResponseCache
 from qbo_gateway.clock import Clock
 from qbo_gateway.economy.freshness import DEFAULT_ENTITY_FRESH, EntityFreshness, parse_entity_fresh
-from qbo_gateway.edge.answers import proxy_edge
+from qbo_gateway.edge.answers import proxy_refusal
+from qbo_gateway.edge.server import EDGE_REFUSALS
 from qbo_gateway.log_foreign import set_caller_key_hashes
 from qbo_gateway.metrics import Metrics
 from qbo_gateway.observe import Observer
@@ -128,6 +129,9 @@ def build_proxy(
 
 
 def proxy_app(settings: Settings, proxy: Proxy) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[proxy_edge()])
+    # No middleware: the handler refuses other methods itself, and the listener's runner
+    # answers aiohttp's own refusals (no route, body too large) as the proxy's faults.
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[EDGE_REFUSALS] = proxy_refusal
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
