@@ -11,6 +11,7 @@ probes see the 503 meanwhile.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -48,6 +49,10 @@ async def serve(
         return 2
     proxy_runner, ops_runner = runners
     await gw.start_background()
+    # What start-up built (modules, settings, the app, its routes) lives as long as the
+    # process: out of the collector's generations, a full collection no longer walks it
+    # (measured: 3 full collections of ~80 ms in 4 s of load before, 1 of 1 ms after).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
