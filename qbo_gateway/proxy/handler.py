@@ -111,12 +111,17 @@ class Proxy:
             response = self._refusal(err, rec)
         response.headers.setdefault("X-Request-Id", rec.request_id)
         response.headers.setdefault("Cache-Status", rec.cache_status)
-        if not response.prepared:
-            await response.prepare(request)
-        if isinstance(response, web.Response):
-            # The body was set on the Response: send it now, before the bookkeeping below
-            # (aiohttp's own write_eof after the handler returns is then a no-op).
-            await response.write_eof()
+        try:
+            if not response.prepared:
+                await response.prepare(request)
+            if isinstance(response, web.Response):
+                # The body was set on the Response: send it now, before the bookkeeping
+                # below (aiohttp's own write_eof after the handler returns is then a no-op).
+                await response.write_eof()
+        except ConnectionError:
+            # The caller left before its answer was written: still one summary line (and
+            # no error log with a traceback); aiohttp takes the rest as a disconnect.
+            pass
         rec.status = response.status
         self.access.finish(rec, time.perf_counter() - started)
         for work in rec.after_reply:
