@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 from aiohttp.typedefs import LooseHeaders
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from qbo_gateway.faults import Forbidden, Unauthenticated
 
@@ -79,7 +79,8 @@ def load_callers(path: Path) -> list[Caller]:
 
 
 def presented_key(headers: LooseHeaders) -> str | None:
-    h = CIMultiDict(headers)
+    # A request's headers are already case-insensitive: copied only when they are not.
+    h = headers if isinstance(headers, CIMultiDict | CIMultiDictProxy) else CIMultiDict(headers)
     key = h.get(KEY_HEADER)
     if key:
         return key.strip()
