@@ -207,6 +207,38 @@ async def test_slow_headers_are_cut_off_at_the_header_deadline(
         await stop_stack(s)
 
 
+async def test_a_kept_alive_connection_trickling_its_next_request_is_cut_off(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    # A request that arrives whole arms no deadline; the next one, arriving in pieces, does.
+    s = await start_stack(aiohttp_server, tmp_path, header_timeout_seconds=0.3)
+    try:
+        reader, writer = await asyncio.open_connection(*proxy_addr(s))
+        writer.write(
+            f"GET /v3/company/{REALM}/companyinfo/{REALM} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await asyncio.wait_for(reader.readexactly(length), timeout=10)
+        writer.write(f"GET /v3/company/{REALM}/companyinfo/{REALM} HTTP/1.1\r\n".encode())
+        trickle = asyncio.create_task(_trickle(writer))
+        assert await wait_closed_by_server(reader) == b""
+        trickle.cancel()
+        writer.close()
+        closed = s.metric(
+            "qbo_gateway_connections_closed_total",
+            {"listener": "proxy", "reason": "header_timeout"},
+        )
+        assert closed == 1
+    finally:
+        await stop_stack(s)
+
+
 async def _trickle(writer: asyncio.StreamWriter) -> None:
     # A slow caller's pace; the server's deadline, not this loop, ends the connection.
     while True:

@@ -68,10 +68,15 @@ class EdgeRequestHandler(RequestHandler):
         self._arm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self.waiting_for_request:
-            self._arm_head_deadline()
+        # Armed only when these bytes left a request's line and headers incomplete: a
+        # request that arrives whole (the usual case) costs no timer. Armed now, the
+        # deadline still runs from the request's first byte.
+        waiting = self.waiting_for_request
         super().data_received(data)
-        if self._head_timer is not None and (self._messages or self._request_in_progress):
+        if self._head_timer is None:
+            if waiting and self.waiting_for_request:
+                self._arm_head_deadline()
+        elif self._messages or self._request_in_progress:
             self._head_timer.cancel()
             self._head_timer = None
 
