@@ -28,6 +28,8 @@ from qbo_gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+_YOUNG_COLLECTION = 10_000  # objects the cyclic collector lets accumulate (Python: 700)
+
 
 async def serve(
     settings: Settings,
@@ -53,6 +55,11 @@ async def serve(
     # process: out of the collector's generations, a full collection no longer walks it
     # (measured: 3 full collections of ~80 ms in 4 s of load before, 1 of 1 ms after).
     gc.freeze()
+    # A request leaves a few dozen objects for the collector at most (nearly all of them
+    # are freed by reference counting): a young collection every 10,000 such objects
+    # instead of every 700 (measured: ~240 young collections in 4 s of load, then none;
+    # 390 -> 340-360 µs of CPU per request).
+    gc.set_threshold(_YOUNG_COLLECTION, *gc.get_threshold()[1:])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
