@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from qbo_gateway.admission.records import Admission, BreakerState, Outcome, Verdict
 from qbo_gateway.admission.retry import Failure, RetryPlan, RetryPolicy
@@ -33,6 +34,7 @@ from qbo_gateway.proxy.access_log import RequestRecord
 from qbo_gateway.proxy.paths import Target, returned_headers
 from qbo_gateway.proxy.upstream import Upstream, UpstreamConnectError, UpstreamRequest
 
+_URLS_REMEMBERED = 1024
 _ERROR_BODY_LIMIT = 1024 * 1024  # QBO error bodies are small; never hold more to classify one
 _CHUNK = 64 * 1024
 
@@ -124,8 +126,13 @@ class Exchange:
         if self.body is not None:
             return self.body
         try:
-            async with self.within_deadline():
+            if self.response.content.is_eof():
+                # All of it has arrived already (a small answer usually comes with its
+                # headers): nothing to wait for, so no deadline timer to arm.
                 self.body = await self.response.read()
+            else:
+                async with self.within_deadline():
+                    self.body = await self.response.read()
         except TimeoutError as exc:
             self.outcome = Outcome.FAILURE
             raise UpstreamTimeout("The request deadline passed while QBO's answer arrived") from exc
@@ -199,6 +206,7 @@ class QboCaller:
         self.gate = gate
         self.retry = retry
         self._durations: dict[str, Any] = {}  # labelled children: labels() locks every call
+        self._urls: dict[Target, URL] = {}  # reads recur: their upstream URL is built once
 
     async def call(self, req: QboRequest, rec: RequestRecord) -> Exchange:
         realm = req.target.realm_id
@@ -251,7 +259,7 @@ class QboCaller:
         """One attempt's answer and its time; None when it failed and is to be retried."""
         out = req.headers.copy()
         out["Authorization"] = f"Bearer {attempt.token}"
-        url = req.target.upstream_url(self.api_base, self.minor_version)
+        url = self._url(req)
         rec.attempts += 1
         t0 = self.clock.monotonic()
         try:
@@ -315,6 +323,17 @@ class QboCaller:
             _retry_after(response.headers),
             time_left=lambda: req.deadline - self.clock.monotonic(),
         )
+
+    def _url(self, req: QboRequest) -> URL:
+        target = req.target
+        if not req.read:  # a write's query holds its own requestid: never seen again
+            return target.upstream_url(self.api_base, self.minor_version)
+        url = self._urls.get(target)
+        if url is None:
+            if len(self._urls) >= _URLS_REMEMBERED:
+                self._urls.clear()
+            url = self._urls[target] = target.upstream_url(self.api_base, self.minor_version)
+        return url
 
     def _observe(self, result: str, seconds: float) -> None:
         child = self._durations.get(result)
