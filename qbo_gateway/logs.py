@@ -212,6 +212,7 @@ class _AccessSink:
     ):
         self.handler = handler
         self.processors = processors  # identity tells whether structlog still runs our chain
+        self.tail = processors[-1]  # and this, that it was not changed in place (capture_logs)
         self.enabled = enabled
 
     def write(
@@ -271,7 +272,8 @@ def access_line(
     ones (a request id, unique per request) each time.
     """
     sink = _access_sink
-    if sink is not None and structlog.get_config()["processors"] is sink.processors:
+    processors = structlog.get_config()["processors"]
+    if sink is not None and processors is sink.processors and processors[-1] is sink.tail:
         if sink.enabled:
             sink.write(fields, untrusted, recurring)
         return

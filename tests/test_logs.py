@@ -192,13 +192,11 @@ def test_a_remembered_scrub_is_forgotten_when_a_secret_is_added() -> None:
     assert registry.scrub_recurring("x/later-static-secret-0042") == f"x/{REDACTED}"
 
 
-def test_summary_line_keeps_undecodable_header_text() -> None:
-    out = io.StringIO()
-    configure_logging("info", "json", stream=out)
+def test_summary_line_keeps_undecodable_header_text(log_output: io.StringIO) -> None:
     access_line(
         {"event": "request", "request_id": "r3", "intuit_tid": "tid-\udcff"},
         untrusted=("request_id",),
         recurring=("intuit_tid",),
     )
-    (line,) = lines(out)
+    (line,) = lines(log_output)
     assert line["request_id"] == "r3" and line["intuit_tid"].startswith("tid-")
