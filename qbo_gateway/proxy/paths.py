@@ -115,25 +115,9 @@ def _has_param(query: str, name: str) -> bool:
     return any(part.split("=", 1)[0].lower() == name for part in query.split("&") if part)
 
 
-_CHECKED_MAX = 1024
-_checked: dict[str, tuple[str, str]] = {}  # path -> (realm id, rest): paths that passed
-
-
 def check_path(raw_target: str) -> Target:
     """Split and check a raw request target; BadPath for anything not plainly a QBO path."""
     path, _, query = raw_target.partition("?")
-    known = _checked.get(path)  # the same reads recur: a path that passed is remembered
-    if known is None:
-        known = _check_path_part(path)
-        if len(_checked) >= _CHECKED_MAX:
-            _checked.clear()
-        _checked[path] = known
-    if "#" in query:
-        raise BadPath("A fragment is not allowed in the request target")
-    return Target(known[0], known[1], query)
-
-
-def _check_path_part(path: str) -> tuple[str, str]:
     if not path.startswith(PREFIX) or path.startswith("//"):
         raise BadPath("The path must start with /v3/company/{realmId}/")
     if "\\" in path or _FORBIDDEN_ESCAPES.search(path):
@@ -148,7 +132,9 @@ def _check_path_part(path: str) -> tuple[str, str]:
             raise BadPath("Empty, '.' and '..' path segments are not allowed")
         if not _SEGMENT.match(segment):
             raise BadPath("The path holds characters that are not allowed")
-    return realm_id, rest
+    if "#" in query:
+        raise BadPath("A fragment is not allowed in the request target")
+    return Target(realm_id, rest, query)
 
 
 def _dropped(
