@@ -45,7 +45,6 @@ from qbo_gateway.proxy.relay import Answer, Keep, Relay
 from qbo_gateway.single_flight import SingleFlight
 
 _FAILED = (FaultClass.UPSTREAM_FAILURE, FaultClass.THROTTLE)
-_KEYS_REMEMBERED = 1024  # bodiless reads whose key is kept (two SHA-256 less per repeat)
 
 
 class QboCall(Protocol):
@@ -114,7 +113,6 @@ class ReadThrough:
         # Concurrent fresh misses of one key share one upstream call, fully buffered.
         self._flights: SingleFlight[CacheKey, _Buffered] = SingleFlight("cache-read")
         self.cdc: CdcRefresher | None = None  # set by the wiring when CDC refresh is on
-        self._keys: dict[tuple[str, str, str, str, str | None], CacheKey] = {}
 
     async def send(self, req: QboRequest, cache_control: str | None, rec: RequestRecord) -> Answer:
         if not req.read:
@@ -147,29 +145,17 @@ class ReadThrough:
         slot = _Slot(key, None, cache_control, None, "miss", looked_up=False)
         return await self._read(req, slot, rec)
 
-    def _key(self, req: QboRequest) -> CacheKey:
+    @staticmethod
+    def _key(req: QboRequest) -> CacheKey:
         target = req.target
-        accept = req.headers.get("Accept")
-        if req.body:
-            return key_for(
-                target.realm_id,
-                req.method,
-                target.rest,
-                query_pairs(target.query),
-                req.body,
-                accept,
-            )
-        # A GET's key is a function of these alone: remembered, as the same reads recur.
-        memo = (target.realm_id, req.method, target.rest, target.query, accept)
-        key = self._keys.get(memo)
-        if key is None:
-            key = key_for(
-                target.realm_id, req.method, target.rest, query_pairs(target.query), b"", accept
-            )
-            if len(self._keys) >= _KEYS_REMEMBERED:
-                self._keys.clear()
-            self._keys[memo] = key
-        return key
+        return key_for(
+            target.realm_id,
+            req.method,
+            target.rest,
+            query_pairs(target.query),
+            req.body or b"",
+            req.headers.get("Accept"),
+        )
 
     async def _within_budget(self, key: CacheKey, rec: RequestRecord) -> web.Response | None:
         entry = (await self.cache.lookup(key)).entry
